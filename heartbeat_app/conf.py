@@ -1,0 +1,73 @@
+"""Settings of heartbeat_app: flat Django settings read lazily, with defaults.
+
+Every value is read on first use and cached; the cache is cleared on
+``setting_changed`` so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds of inbound silence before the server probes a connection; None: never.
+    "HEARTBEAT_INTERVAL": 25.0,
+    # Seconds after that before a silent connection is closed with 4408; None: never.
+    "HEARTBEAT_TIMEOUT": 10.0,
+    # Seconds between scheduler ticks; bounds how late a probe or close can be.
+    "HEARTBEAT_TICK": 1.0,
+    # Seconds: probes of a session are delayed by a random phase up to this, so
+    # connections opened together are not probed together. None: timeout / 4.
+    "HEARTBEAT_PHASE_SPREAD": None,
+    # Seconds: idle timeout of the proxy in front of the server, for the 75 % rule check.
+    "HEARTBEAT_PROXY_IDLE_TIMEOUT": None,
+    # Heartbeat frames (pings, pongs, bad frames) per second a session may send,
+    # sustained, and the burst allowed above that; None: no limit. Over it: close 4429.
+    "HEARTBEAT_RATE_LIMIT": 20.0,
+    "HEARTBEAT_RATE_BURST": 60,
+    # Milliseconds a client is told to wait after a 4429 close.
+    "HEARTBEAT_RETRY_AFTER_MS": 5000,
+}
+
+_cache: dict[str, Any] = {}
+
+
+def get(name: str) -> Any:
+    """Return the value of one setting, falling back to its default."""
+    try:
+        return _cache[name]
+    except KeyError:
+        pass
+    if name not in DEFAULTS:
+        raise KeyError(f"Unknown heartbeat_app setting: {name}")
+    value = getattr(django_settings, name, DEFAULTS[name])
+    _cache[name] = value
+    return value
+
+
+def interval() -> float | None:
+    """HEARTBEAT_INTERVAL in seconds, or None when heartbeats are off."""
+    return _seconds(get("HEARTBEAT_INTERVAL"))
+
+
+def timeout() -> float | None:
+    """HEARTBEAT_TIMEOUT in seconds, or None when zombies are never closed."""
+    return _seconds(get("HEARTBEAT_TIMEOUT"))
+
+
+def tick() -> float:
+    """HEARTBEAT_TICK in seconds."""
+    return float(get("HEARTBEAT_TICK"))
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting in DEFAULTS or setting.startswith(("HEARTBEAT_", "PRESENCE_")):
+        _cache.clear()

@@ -1,0 +1,388 @@
+"""HeartbeatMixin: application heartbeats and zombie detection for Channels consumers.
+
+Use it in front of a Channels WebSocket consumer::
+
+    class ChatConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+        async def receive_json(self, content):
+            ...
+
+The mixin hooks the low-level ``websocket_*`` handlers and the consumer's
+``__call__``, so the user's ``connect``, ``receive``/``receive_json`` and
+``disconnect`` keep working without calling ``super()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import conf, protocol
+from .protocol import CloseCode, ProtocolError
+from .scheduler import get_scheduler
+from .signals import session_closed, session_opened, zombie_detected
+from .state import SessionState
+
+logger = logging.getLogger(__name__)
+
+#: Marks a per-class override left to the settings.
+FROM_SETTINGS: Any = object()
+
+# Why a session ended, as recorded on it and shown in the admin.
+REASON_CLOSED = "closed"
+REASON_TIMEOUT = "timeout"
+REASON_TRANSPORT_LOST = "transport_lost"
+REASON_SERVER_CLOSED = "server_closed"
+REASON_ADMIN = "admin"
+REASON_RATE_LIMITED = "rate_limited"
+REASON_SERVER_ERROR = "server_error"
+
+_REASON_BY_SERVER_CODE = {
+    CloseCode.HEARTBEAT_TIMEOUT: REASON_TIMEOUT,
+    CloseCode.SERVER_CLOSE: REASON_ADMIN,
+    CloseCode.TOO_MANY_MESSAGES: REASON_RATE_LIMITED,
+}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class HeartbeatMixin:
+    """Answers pings, probes silent connections and closes zombies with 4408."""
+
+    #: Seconds of silence before a probe; FROM_SETTINGS reads HEARTBEAT_INTERVAL.
+    heartbeat_interval: float | None = FROM_SETTINGS
+    #: Seconds after that before a 4408 close; FROM_SETTINGS reads HEARTBEAT_TIMEOUT.
+    heartbeat_timeout: float | None = FROM_SETTINGS
+    #: Heartbeat frames per second allowed; FROM_SETTINGS reads HEARTBEAT_RATE_LIMIT.
+    heartbeat_rate_limit: float | None = FROM_SETTINGS
+
+    #: The live session's state once accepted, else None.
+    heartbeat_session: SessionState | None = None
+
+    # Overridable hooks -------------------------------------------------------
+
+    def get_heartbeat_interval(self) -> float | None:
+        """Seconds of silence before this connection is probed, or None."""
+        if self.heartbeat_interval is FROM_SETTINGS:
+            return conf.interval()
+        return self.heartbeat_interval
+
+    def get_heartbeat_timeout(self) -> float | None:
+        """Seconds after the interval before a silent connection is closed, or None."""
+        if self.heartbeat_timeout is FROM_SETTINGS:
+            return conf.timeout()
+        return self.heartbeat_timeout
+
+    def get_heartbeat_rate_limit(self) -> float | None:
+        """Heartbeat frames per second this connection may send, or None."""
+        if self.heartbeat_rate_limit is FROM_SETTINGS:
+            value = conf.get("HEARTBEAT_RATE_LIMIT")
+            return None if value is None else float(value)
+        return self.heartbeat_rate_limit
+
+    def get_heartbeat_tab(self) -> str:
+        """The tab id from the connect URL (``?tab=``), or a new one."""
+        from urllib.parse import parse_qs
+
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        tab = query.get("tab", [None])[0]
+        if protocol.valid_tab_id(tab):
+            return tab
+        import secrets
+
+        return secrets.token_urlsafe(12)
+
+    def get_heartbeat_user_key(self, tab: str) -> str:
+        """The member key: the user's primary key, or ``anon:<tab>``."""
+        user = self.scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return str(user.pk)
+        return f"anon:{tab}"
+
+    # ASGI plumbing -----------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        # Inbound messages are read by a pump task of our own, so pings are
+        # answered and liveness recorded even while a user handler is busy:
+        # Channels dispatches one message at a time and would otherwise leave
+        # heartbeats queued behind a slow receive().
+        inbox: asyncio.Queue = asyncio.Queue()
+        pump = asyncio.ensure_future(self._heartbeat_pump(receive, inbox))
+
+        async def receive_from_inbox():
+            item = await inbox.get()
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+        try:
+            await super().__call__(scope, receive_from_inbox, send)
+        finally:
+            pump.cancel()
+            try:
+                await pump
+            except (asyncio.CancelledError, Exception):
+                pass
+            session = self.heartbeat_session
+            if session is not None and not session.closed:
+                # The consumer stopped without a disconnect: it raised, or was cancelled.
+                await self._heartbeat_end(CloseCode.INTERNAL_ERROR, REASON_SERVER_ERROR)
+
+    async def _heartbeat_pump(self, receive, inbox: asyncio.Queue) -> None:
+        try:
+            while True:
+                message = await receive()
+                kind = message.get("type")
+                if kind == "websocket.receive":
+                    session = self.heartbeat_session
+                    if session is not None and not session.closed:
+                        self._heartbeat_scheduler.touch(session)
+                        session.frames_in += 1
+                        text = message.get("text")
+                        if (
+                            text is not None
+                            and protocol.looks_like_heartbeat(text)
+                            and await self._heartbeat_handle_text(session, text)
+                        ):
+                            continue
+                elif kind == "websocket.disconnect":
+                    await self._heartbeat_end(message.get("code"))
+                    inbox.put_nowait(message)
+                    return
+                inbox.put_nowait(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("heartbeat receive loop failed")
+            inbox.put_nowait(exc)
+
+    # Connection lifecycle ---------------------------------------------------
+
+    async def accept(self, subprotocol=None, headers=None):
+        """Accept the connection, then greet it with ``hello`` and start watching it."""
+        await super().accept(subprotocol, headers)
+        await self._heartbeat_open()
+
+    async def close(self, code=None, reason=None):
+        """Close from the server side, recording why for the session's history."""
+        if isinstance(code, int) and code is not True:
+            code = int(code)  # autobahn refuses int subclasses such as CloseCode
+        session = self.heartbeat_session
+        if session is not None and session.close_code is None:
+            session.close_code = code if isinstance(code, int) and code is not True else 1000
+            session.close_reason = _REASON_BY_SERVER_CODE.get(
+                session.close_code, REASON_SERVER_CLOSED
+            )
+        await super().close(code=code, reason=reason)
+
+    async def websocket_disconnect(self, message):
+        """Tear the heartbeat session down, then run the consumer's own disconnect."""
+        await self._heartbeat_end(message.get("code"))
+        await super().websocket_disconnect(message)
+
+    async def websocket_receive(self, message):
+        """Pass a non-heartbeat frame on to the consumer's handlers."""
+        if self._heartbeat_decodes_json():
+            text = message.get("text")
+            if text is None:
+                await self._heartbeat_error(ProtocolError(
+                    protocol.ERR_BINARY_NOT_SUPPORTED,
+                    "This endpoint takes JSON text frames, not binary ones.",
+                ))
+                return
+            try:
+                content = await self.decode_json(text)
+            except (ValueError, RecursionError):
+                await self._heartbeat_error(ProtocolError(
+                    protocol.ERR_INVALID_JSON, "The frame is not valid JSON."
+                ))
+                return
+            await self.receive_json(content)
+            return
+        await super().websocket_receive(message)
+
+    def _heartbeat_decodes_json(self) -> bool:
+        # Only when the consumer keeps Channels' own JSON receive() can the mixin
+        # decode on its behalf and turn bad JSON into an error message instead
+        # of an exception that kills the connection.
+        return (
+            isinstance(self, AsyncJsonWebsocketConsumer)
+            and type(self).receive is AsyncJsonWebsocketConsumer.receive
+        )
+
+    async def _heartbeat_open(self) -> None:
+        interval = self.get_heartbeat_interval()
+        timeout = self.get_heartbeat_timeout() if interval is not None else None
+        tab = self.get_heartbeat_tab()
+        headers = dict(self.scope.get("headers") or [])
+        client = self.scope.get("client") or ("", "")
+        session = SessionState(
+            tab=tab,
+            interval=interval,
+            timeout=timeout,
+            user_key=self.get_heartbeat_user_key(tab),
+            path=self.scope.get("path", ""),
+            client=f"{client[0]}:{client[1]}" if client and client[0] else "",
+            user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:300],
+            on_probe=self._heartbeat_send_probe,
+            on_zombie=self._heartbeat_zombie,
+        )
+        rate = self.get_heartbeat_rate_limit()
+        session.extra["bucket"] = _TokenBucket(rate, conf.get("HEARTBEAT_RATE_BURST"))
+        self.heartbeat_session = session
+        self._heartbeat_scheduler = get_scheduler()
+        await self._heartbeat_send(protocol.hello(
+            session.id,
+            tab,
+            None if interval is None else int(interval * 1000),
+            None if timeout is None else int(timeout * 1000),
+            _now_ms(),
+        ))
+        self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
+        logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
+        await self._heartbeat_signal(session_opened, session=session)
+
+    async def _heartbeat_end(self, code: int | None, reason: str | None = None) -> None:
+        session = self.heartbeat_session
+        if session is None or session.closed:
+            return
+        session.closed = True
+        self._heartbeat_scheduler.remove(session)
+        if session.close_code is None:
+            session.close_code = code
+            if reason is None:
+                reason = REASON_TRANSPORT_LOST if code == CloseCode.ABNORMAL else REASON_CLOSED
+            session.close_reason = reason
+        logger.debug(
+            "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
+            session.close_code,
+        )
+        await self._heartbeat_signal(
+            session_closed, session=session, code=session.close_code,
+            reason=session.close_reason,
+        )
+
+    # Heartbeat frames --------------------------------------------------------
+
+    async def _heartbeat_handle_text(self, session: SessionState, text: str) -> bool:
+        """Handle a frame that may be a heartbeat; True if it was ours."""
+        try:
+            beat = protocol.parse_heartbeat_text(text)
+        except ProtocolError as error:
+            if await self._heartbeat_allow(session):
+                await self._heartbeat_error(error)
+            return True
+        if beat is None:
+            return False
+        if not await self._heartbeat_allow(session):
+            return True
+        if beat.visible is not None:
+            session.visible = beat.visible
+        if beat.type == protocol.PING:
+            await self._heartbeat_send(protocol.pong(beat.id, _now_ms()))
+        elif beat.id == session.probe_id and session.probe_sent_raw is not None:
+            session.record_rtt(self._heartbeat_scheduler.clock() - session.probe_sent_raw)
+            session.probe_sent_raw = None
+        return True
+
+    async def _heartbeat_allow(self, session: SessionState) -> bool:
+        bucket = session.extra["bucket"]
+        if bucket.take(self._heartbeat_scheduler.clock()):
+            return True
+        if session.close_code is None:
+            retry = conf.get("HEARTBEAT_RETRY_AFTER_MS")
+            logger.info("heartbeat session %s sent too many frames: closing 4429", session.id)
+            await self._heartbeat_send(protocol.close_notice(
+                CloseCode.TOO_MANY_MESSAGES, "too many messages", retry
+            ))
+            await self.close(
+                code=int(CloseCode.TOO_MANY_MESSAGES),
+                reason=protocol.close_reason("too many messages", retry),
+            )
+        return False
+
+    async def _heartbeat_error(self, error: ProtocolError) -> None:
+        logger.debug("bad frame on %s: %s", self.scope.get("path"), error.detail)
+        await self._heartbeat_send(error.as_message())
+
+    async def _heartbeat_send(self, message: dict[str, Any]) -> None:
+        await self.base_send({"type": "websocket.send", "text": protocol.dumps(message)})
+
+    async def _heartbeat_send_probe(self, probe_id: str) -> None:
+        await self._heartbeat_send(protocol.probe(probe_id))
+
+    async def _heartbeat_zombie(self, silence: float) -> None:
+        session = self.heartbeat_session
+        if session is None or session.closed:
+            return
+        logger.info(
+            "heartbeat session %s silent for %.3f s: closing as a zombie (4408)",
+            session.id, silence,
+        )
+        session.close_code = CloseCode.HEARTBEAT_TIMEOUT
+        session.close_reason = REASON_TIMEOUT
+        await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
+        try:
+            await super().close(code=int(CloseCode.HEARTBEAT_TIMEOUT), reason="heartbeat timeout")
+        finally:
+            # Torn down now, not when the transport finally notices.
+            await self._heartbeat_end(CloseCode.HEARTBEAT_TIMEOUT, REASON_TIMEOUT)
+
+    async def _heartbeat_signal(self, signal, **kwargs) -> None:
+        for receiver, result in await signal.asend_robust(
+            sender=type(self), consumer=self, **kwargs
+        ):
+            if isinstance(result, Exception):
+                logger.error(
+                    "receiver %r of a heartbeat signal raised", receiver, exc_info=result
+                )
+
+    # Channel-layer events (the admin's actions, across processes) -----------
+
+    async def heartbeat_disconnect(self, event: dict[str, Any]) -> None:
+        """Close this connection on request (``heartbeat.disconnect``), 4000 by default."""
+        code = int(event.get("code") or CloseCode.SERVER_CLOSE)
+        session = self.heartbeat_session
+        if session is not None and session.close_code is None:
+            session.close_code = code
+            session.close_reason = event.get("reason") or REASON_ADMIN
+        await super().close(code=code, reason=event.get("reason") or "closed by the server")
+
+    async def heartbeat_probe(self, event: dict[str, Any]) -> None:
+        """Send a server ping now (``heartbeat.probe``); the answer records the RTT."""
+        session = self.heartbeat_session
+        if session is None or session.closed:
+            return
+        scheduler = self._heartbeat_scheduler
+        session.probes_sent += 1
+        session.probe_id = f"s{session.probes_sent}"
+        session.probe_sent_raw = scheduler.clock()
+        await self._heartbeat_send_probe(session.probe_id)
+
+
+class _TokenBucket:
+    """A token bucket: ``rate`` frames per second sustained, ``burst`` at once."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float | None, burst: int):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.rate is None:
+            return True
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,259 @@
+"""Wire protocol v1: message types, frame validation and close codes.
+
+Pure functions and constants only: no Django, no asyncio, so everything here is
+tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Message types.
+HELLO = "hello"
+PING = "ping"
+PONG = "pong"
+PRESENCE_STATE = "presence_state"
+PRESENCE_DIFF = "presence_diff"
+ERROR = "error"
+# Sent right before a server close that carries a hint: Daphne drops the close
+# reason on the floor (its serverClose() ignores it), so the hint travels in a
+# frame of its own as well as in the reason.
+CLOSE = "close"
+
+HEARTBEAT_TYPES = frozenset({PING, PONG})
+
+# Limits on heartbeat frames. A ping is ~40 bytes; anything near these is hostile.
+MAX_HEARTBEAT_FRAME = 4096  # characters of one ping/pong frame
+MAX_ID_LENGTH = 128  # characters of a string id
+MAX_INT_ID = 2**53  # JSON numbers beyond this lose precision in browsers
+
+# Error slugs carried by {"type": "error", "code": ...}.
+ERR_INVALID_JSON = "invalid_json"
+ERR_INVALID_MESSAGE = "invalid_message"
+ERR_FRAME_TOO_LARGE = "frame_too_large"
+ERR_BINARY_NOT_SUPPORTED = "binary_not_supported"
+
+# Cheap pre-filter: only frames that could be a heartbeat are parsed by the mixin,
+# so user frames are never decoded twice.
+_HEARTBEAT_HINT = re.compile(r'"type"\s*:\s*"p[io]ng"')
+_TAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_RETRY_HINT = re.compile(r"retry_after_ms=(\d+)")
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes used by the server, the client and the admin."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    ABNORMAL = 1006
+    POLICY_VIOLATION = 1008
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    SERVER_CLOSE = 4000
+    DRAINING = 4001
+    PROTOCOL_ERROR = 4400
+    UNAUTHENTICATED = 4401
+    FORBIDDEN = 4403
+    HEARTBEAT_TIMEOUT = 4408
+    TOO_MANY_MESSAGES = 4429
+
+    @property
+    def description(self) -> str:
+        """A short sentence for logs, docs and the admin."""
+        return _DESCRIPTIONS[self]
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a client should reconnect after this code."""
+        return self not in TERMINAL_CODES
+
+
+_DESCRIPTIONS = {
+    CloseCode.NORMAL: "normal closure",
+    CloseCode.GOING_AWAY: "going away",
+    CloseCode.ABNORMAL: "abnormal closure: the transport was lost",
+    CloseCode.POLICY_VIOLATION: "policy violation",
+    CloseCode.INTERNAL_ERROR: "server error",
+    CloseCode.SERVICE_RESTART: "service restart",
+    CloseCode.TRY_AGAIN_LATER: "try again later",
+    CloseCode.SERVER_CLOSE: "closed by the server",
+    CloseCode.DRAINING: "server draining or restarting",
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.UNAUTHENTICATED: "not authenticated",
+    CloseCode.FORBIDDEN: "not allowed",
+    CloseCode.HEARTBEAT_TIMEOUT: "heartbeat timeout: closed as a zombie",
+    CloseCode.TOO_MANY_MESSAGES: "too many messages",
+}
+
+TERMINAL_CODES = frozenset(
+    {
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNAUTHENTICATED,
+        CloseCode.FORBIDDEN,
+    }
+)
+
+
+def should_reconnect(code: int | None) -> bool:
+    """Whether a client should reconnect after a close with ``code``.
+
+    Unknown codes in 4000-4499 are reconnectable and 4500-4999 terminal (the
+    convention Centrifugo uses); other unknown codes are reconnectable.
+    """
+    if code is None:
+        return True
+    try:
+        return CloseCode(code).reconnect
+    except ValueError:
+        return not 4500 <= code <= 4999
+
+
+def close_reason(text: str, retry_after_ms: int | None = None) -> str:
+    """Build a close reason, with an optional retry hint the client honours."""
+    if retry_after_ms is not None:
+        text = f"{text}; retry_after_ms={int(retry_after_ms)}"
+    # RFC 6455 limits the reason to 123 bytes of UTF-8.
+    return text.encode()[:123].decode(errors="ignore")
+
+
+def parse_retry_hint(reason: str | None) -> int | None:
+    """Return the ``retry_after_ms`` hint carried in a close reason, if any."""
+    if not reason:
+        return None
+    match = _RETRY_HINT.search(reason)
+    return int(match.group(1)) if match else None
+
+
+class ProtocolError(ValueError):
+    """A heartbeat frame the server refuses; the connection stays open."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+    def as_message(self) -> dict[str, Any]:
+        """The ``error`` message sent back to the client."""
+        return {"type": ERROR, "code": self.code, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A validated ping or pong from the client."""
+
+    type: str
+    id: str | int | None = None
+    visible: bool | None = None
+
+
+def looks_like_heartbeat(text: str) -> bool:
+    """Whether a text frame may be a heartbeat and is worth parsing."""
+    return _HEARTBEAT_HINT.search(text) is not None
+
+
+def parse_heartbeat_text(text: str) -> Heartbeat | None:
+    """Parse a text frame; return a Heartbeat, or None if it is not one.
+
+    Raises ProtocolError for a frame that claims to be a heartbeat but is
+    malformed (bad JSON, wrong types, oversize).
+    """
+    if not looks_like_heartbeat(text):
+        return None
+    try:
+        content = json.loads(text)
+    except (ValueError, RecursionError):
+        # Only a frame shaped like a JSON object is taken as a broken heartbeat;
+        # other text mentioning a ping belongs to the user's own protocol.
+        if text.lstrip().startswith("{") and len(text) <= MAX_HEARTBEAT_FRAME:
+            raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
+        return None
+    if len(text) > MAX_HEARTBEAT_FRAME:
+        if isinstance(content, dict) and content.get("type") in HEARTBEAT_TYPES:
+            raise ProtocolError(
+                ERR_FRAME_TOO_LARGE,
+                f"Heartbeat frames are limited to {MAX_HEARTBEAT_FRAME} characters.",
+            )
+        return None
+    return parse_heartbeat(content)
+
+
+def parse_heartbeat(content: Any) -> Heartbeat | None:
+    """Validate decoded JSON; return a Heartbeat, or None if it is not one."""
+    if not isinstance(content, dict):
+        return None
+    kind = content.get("type")
+    if kind not in HEARTBEAT_TYPES:
+        return None
+    ident = content.get("id")
+    if ident is not None:
+        _check_id(ident)
+    elif kind == PONG:
+        raise ProtocolError(ERR_INVALID_MESSAGE, "A pong must carry the id of the ping.")
+    visible = content.get("visible")
+    if visible is not None and not isinstance(visible, bool):
+        raise ProtocolError(ERR_INVALID_MESSAGE, '"visible" must be true or false.')
+    return Heartbeat(kind, ident, visible)
+
+
+def _check_id(ident: Any) -> None:
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+        raise ProtocolError(ERR_INVALID_MESSAGE, '"id" must be a string or an integer.')
+    if isinstance(ident, str) and len(ident) > MAX_ID_LENGTH:
+        raise ProtocolError(
+            ERR_INVALID_MESSAGE, f'"id" is limited to {MAX_ID_LENGTH} characters.'
+        )
+    if isinstance(ident, int) and abs(ident) > MAX_INT_ID:
+        raise ProtocolError(ERR_INVALID_MESSAGE, '"id" is out of the safe integer range.')
+
+
+def valid_tab_id(value: Any) -> bool:
+    """Whether a client-supplied tab id is acceptable."""
+    return isinstance(value, str) and _TAB_ID.match(value) is not None
+
+
+def hello(session: str, tab: str, interval_ms: int | None, timeout_ms: int | None,
+          server_time: int) -> dict[str, Any]:
+    """The first message of every session."""
+    return {
+        "type": HELLO,
+        "session": session,
+        "tab": tab,
+        "interval_ms": interval_ms,
+        "timeout_ms": timeout_ms,
+        "server_time": server_time,
+        "version": PROTOCOL_VERSION,
+    }
+
+
+def pong(ident: str | int | None, server_time: int) -> dict[str, Any]:
+    """The answer to a client ping."""
+    message: dict[str, Any] = {"type": PONG, "server_time": server_time}
+    if ident is not None:
+        message["id"] = ident
+    return message
+
+
+def probe(ident: str) -> dict[str, Any]:
+    """A server ping sent to a silent connection."""
+    return {"type": PING, "id": ident}
+
+
+def close_notice(code: int, reason: str, retry_after_ms: int | None = None) -> dict[str, Any]:
+    """The frame sent right before a server close that carries a hint."""
+    message: dict[str, Any] = {"type": CLOSE, "code": int(code), "reason": reason}
+    if retry_after_ms is not None:
+        message["retry_after_ms"] = int(retry_after_ms)
+    return message
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """Encode a message compactly."""
+    return json.dumps(message, separators=(",", ":"))

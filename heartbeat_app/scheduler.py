@@ -1,0 +1,223 @@
+"""One scheduler per event loop: probes silent sessions and closes zombies.
+
+Sessions sit in a heap keyed by the time their next check is due. Inbound frames
+only write ``last_heard`` (no heap work on the hot path); a session popped
+before it is due is pushed back with its new due time, so each tick costs
+O(k log n) for the k sessions actually due.
+
+Overload safety: the scheduler keeps its own clock, ``now()``, which is the
+injected clock minus every moment the event loop was seen stalled (a tick that
+fires late, a garbage-collection pause, a burst of handshakes). Silence is
+measured on that clock, so time the server itself could not run is never
+counted as a client's silence. A zombie is also only declared after a probe
+was actually sent and left unanswered for at least half the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+import weakref
+from typing import Callable
+
+from . import conf
+from .state import SessionState
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    """Drives the heartbeats of every session on one event loop."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tick: float | None = None,
+        rng: Callable[[], float] = random.random,
+        autostart: bool = True,
+    ):
+        self.clock = clock
+        self.tick = tick
+        self.rng = rng
+        self.autostart = autostart
+        self.stalled = 0.0  # seconds of loop stall credited to every session
+        self.sessions: set[SessionState] = set()
+        self._heap: list[tuple[float, int, SessionState]] = []
+        self._seq = itertools.count()
+        self._task: asyncio.Task | None = None
+        self.stats = {"ticks": 0, "probes": 0, "zombies": 0, "max_late": 0.0}
+
+    def now(self) -> float:
+        """The scheduler's clock: the injected clock less the stalls seen so far."""
+        return self.clock() - self.stalled
+
+    def get_tick(self) -> float:
+        """Seconds between ticks."""
+        return self.tick if self.tick is not None else conf.tick()
+
+    def add(self, session: SessionState, phase_spread: float | None = None) -> None:
+        """Start watching a session; its silence counts from now."""
+        session.last_heard = self.now()
+        if session.interval is None:
+            return
+        if phase_spread is None:
+            base = session.timeout if session.timeout is not None else session.interval
+            phase_spread = base / 4
+        if session.timeout is not None:
+            # Leave the client at least half the timeout to answer a probe.
+            phase_spread = min(phase_spread, session.timeout / 2)
+        session.phase = self.rng() * phase_spread
+        self.sessions.add(session)
+        self._push(session, session.last_heard + session.interval + session.phase)
+        if self.autostart:
+            self._ensure_running()
+
+    def remove(self, session: SessionState) -> None:
+        """Stop watching a session (its heap entry is dropped when popped)."""
+        self.sessions.discard(session)
+
+    def touch(self, session: SessionState) -> None:
+        """Record inbound traffic: the hot path, one assignment."""
+        session.last_heard = self.clock() - self.stalled
+
+    def credit_stall(self, seconds: float) -> None:
+        """Credit time the loop could not run, so nobody is blamed for it."""
+        if seconds > 0:
+            self.stalled += seconds
+            self.stats["max_late"] = max(self.stats["max_late"], seconds)
+
+    def next_due(self) -> float | None:
+        """When the earliest check is due, on the scheduler's clock."""
+        return self._heap[0][0] if self._heap else None
+
+    def _push(self, session: SessionState, due: float) -> None:
+        session.queued = True
+        heapq.heappush(self._heap, (due, next(self._seq), session))
+
+    async def step(self, planned: float | None = None) -> None:
+        """Run one tick: probe the sessions due, close the zombies.
+
+        ``planned`` is when, on the injected clock, this tick should have run;
+        any lateness past it is credited as a stall before silence is judged.
+        """
+        if planned is not None:
+            self.credit_stall(self.clock() - planned)
+        self.stats["ticks"] += 1
+        now = self.now()
+        probes: list[SessionState] = []
+        zombies: list[SessionState] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, session = heapq.heappop(heap)
+            session.queued = False
+            if session.closed or session not in self.sessions:
+                continue
+            due = self._judge(session, now, probes, zombies)
+            if due is not None:
+                self._push(session, due)
+        for session in probes:
+            await self._probe(session)
+        for session in zombies:
+            self.sessions.discard(session)
+            self.stats["zombies"] += 1
+            if session.on_zombie is not None:
+                # A close must not hold up the tick, nor one failure stop the others.
+                asyncio.ensure_future(
+                    self._guard(session.on_zombie(now - session.last_heard), session)
+                )
+
+    def _judge(self, session: SessionState, now: float, probes: list, zombies: list):
+        """Decide one due session; return when it is next due, or None."""
+        interval, timeout = session.interval, session.timeout
+        silence = now - session.last_heard
+        outstanding = session.probe_outstanding
+        if outstanding and timeout is not None:
+            answered_for = now - session.probe_sent_at
+            if silence >= interval + timeout and answered_for >= timeout / 2:
+                session.zombie_at = now
+                zombies.append(session)
+                return None
+            return max(session.last_heard + interval + timeout,
+                       session.probe_sent_at + timeout / 2)
+        if outstanding:
+            # No timeout: keep probing once an interval, never close.
+            if now - session.probe_sent_at < interval:
+                return session.probe_sent_at + interval
+        elif silence < interval + session.phase:
+            return session.last_heard + interval + session.phase
+        session.probes_sent += 1
+        session.probe_id = f"s{session.probes_sent}"
+        session.probe_sent_at = now
+        session.probe_sent_raw = self.clock()
+        probes.append(session)
+        if timeout is None:
+            return now + interval
+        return max(session.last_heard + interval + timeout, now + timeout / 2)
+
+    async def _probe(self, session: SessionState) -> None:
+        self.stats["probes"] += 1
+        if session.on_probe is None:
+            return
+        try:
+            await session.on_probe(session.probe_id)
+        except Exception:
+            logger.exception("heartbeat probe of session %s failed", session.id)
+
+    async def _guard(self, coro, session: SessionState) -> None:
+        try:
+            await coro
+        except Exception:
+            logger.exception("closing zombie session %s failed", session.id)
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        tick = self.get_tick()
+        planned = self.clock() + tick
+        while self.sessions:
+            delay = planned - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self.step(planned)
+            except Exception:
+                logger.exception("heartbeat scheduler tick failed")
+            planned = self.clock() + tick
+
+    async def stop(self) -> None:
+        """Cancel the background task, if any (for tests and shutdown)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+_schedulers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_scheduler() -> Scheduler:
+    """The scheduler of the running event loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    scheduler = _schedulers.get(loop)
+    if scheduler is None:
+        scheduler = _schedulers[loop] = Scheduler()
+    return scheduler
+
+
+def set_scheduler(scheduler: Scheduler | None) -> None:
+    """Install a scheduler for the running loop (tests inject a fake clock this way)."""
+    loop = asyncio.get_running_loop()
+    if scheduler is None:
+        _schedulers.pop(loop, None)
+    else:
+        _schedulers[loop] = scheduler

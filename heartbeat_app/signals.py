@@ -1,0 +1,17 @@
+"""Django signals sent by heartbeat_app.
+
+Every signal is sent with ``asend`` from the event loop: async receivers run
+there, sync receivers in a thread (so they may use the ORM).
+"""
+
+from django.dispatch import Signal
+
+# A session was accepted and greeted. kwargs: consumer, session (SessionState).
+session_opened = Signal()
+
+# A session was silent past interval + timeout and is being closed with 4408.
+# kwargs: consumer, session, silence (seconds).
+zombie_detected = Signal()
+
+# A session ended, whatever the cause. kwargs: consumer, session, code, reason.
+session_closed = Signal()

@@ -1,0 +1,111 @@
+"""Real server processes for end-to-end tests: Daphne or uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class ServerProcess:
+    """One ASGI server process serving the demo project, with its log in a file."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], *, kind: str = "daphne",
+                 name: str = "server", host: str = "127.0.0.1"):
+        self.kind = kind
+        self.host = host
+        self.port = free_port(host)
+        self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
+        self.env = {**os.environ, **env}
+        self.env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.kind == "daphne":
+            return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port),
+                    "project.asgi:application"]
+        if self.kind == "uvicorn":
+            return [sys.executable, "-m", "uvicorn", "project.asgi:application",
+                    "--host", self.host, "--port", str(self.port), "--log-level", "warning"]
+        raise ValueError(f"unknown server kind {self.kind!r}")
+
+    def start(self) -> ServerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        if not wait_for_port(self.host, self.port, deadline) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, needle: str, timeout: float) -> float | None:
+        """Poll the log for ``needle``; return the monotonic time it was seen, or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return time.monotonic()
+            time.sleep(0.01)
+        return None
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
