@@ -11,7 +11,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 from . import conf
 
-# Below this a heartbeat costs real CPU per connection for no gain (see docs/deployment.md).
+# Below this a heartbeat costs real CPU per connection for no gain in production.
 MIN_SENSIBLE_INTERVAL = 1.0
 
 
@@ -95,10 +95,10 @@ def check_settings(app_configs=None, **kwargs) -> list:
             hint="Set HEARTBEAT_TIMEOUT to a few seconds (10.0 by default).",
             id="heartbeat_app.W001",
         ))
-    if tick is not None and timeout is not None and timeout < 2 * tick:
+    if tick is not None and timeout is not None and timeout < 4 * tick:
         errors.append(Warning(
-            f"HEARTBEAT_TIMEOUT ({timeout} s) is shorter than two scheduler ticks "
-            f"({tick} s each): a probe cannot reliably be answered in time.",
+            f"HEARTBEAT_TIMEOUT ({timeout} s) is shorter than four scheduler ticks "
+            f"({tick} s each): zombies may be closed later than interval + timeout + 1 tick.",
             hint="Raise HEARTBEAT_TIMEOUT or lower HEARTBEAT_TICK.",
             id="heartbeat_app.W002",
         ))

@@ -30,6 +30,26 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_RATE_BURST": 60,
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
+    # Presence store: None follows the default channel layer (channels_redis: "redis",
+    # else "memory"); or "memory", "redis", or a dotted path to a BaseStore subclass.
+    "PRESENCE_STORE": None,
+    # Redis URL of the presence store; None: the first host of the channels_redis layer.
+    "PRESENCE_REDIS_URL": None,
+    "PRESENCE_KEY_PREFIX": "heartbeat",
+    # Seconds a session's presence lives without a refresh (refreshed every third of it).
+    "PRESENCE_TTL": 30.0,
+    # Seconds a process may go without beating before the reaper declares it lost.
+    "PRESENCE_INSTANCE_TTL": 15.0,
+    # Seconds between reaper passes (one process at a time holds the reaper's lease).
+    "PRESENCE_REAP_INTERVAL": 5.0,
+    # Seconds a tab that went away keeps its presence, so a reload does not blink.
+    "PRESENCE_LEAVE_GRACE": 5.0,
+    # Seconds between presence_diff broadcasts of one room; None: HEARTBEAT_TICK.
+    "PRESENCE_BROADCAST_INTERVAL": None,
+    # Seconds any single presence store call may take before it counts as an outage.
+    "PRESENCE_STORE_TIMEOUT": 2.0,
+    # Connections in the presence store's pool per process; callers wait, never fail.
+    "PRESENCE_REDIS_MAX_CONNECTIONS": 50,
 }
 
 _cache: dict[str, Any] = {}
@@ -69,5 +89,10 @@ def _seconds(value: Any) -> float | None:
 
 @receiver(setting_changed)
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
-    if setting in DEFAULTS or setting.startswith(("HEARTBEAT_", "PRESENCE_")):
+    if setting in DEFAULTS or setting.startswith(("HEARTBEAT_", "PRESENCE_")) or (
+        setting == "CHANNEL_LAYERS"
+    ):
         _cache.clear()
+        from . import tracker
+
+        tracker.reset_store()

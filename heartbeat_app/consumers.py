@@ -22,6 +22,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
 from .protocol import CloseCode, ProtocolError
+from .presence import PresenceMixin
 from .scheduler import get_scheduler
 from .signals import session_closed, session_opened, zombie_detected
 from .state import SessionState
@@ -51,8 +52,8 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class HeartbeatMixin:
-    """Answers pings, probes silent connections and closes zombies with 4408."""
+class HeartbeatMixin(PresenceMixin):
+    """Answers pings, probes silent connections, closes zombies with 4408, tracks presence."""
 
     #: Seconds of silence before a probe; FROM_SETTINGS reads HEARTBEAT_INTERVAL.
     heartbeat_interval: float | None = FROM_SETTINGS
@@ -106,6 +107,18 @@ class HeartbeatMixin:
 
     # ASGI plumbing -----------------------------------------------------------
 
+    @property
+    def channel_receive(self):
+        """The channel layer's receive, made to survive a layer outage."""
+        return self._heartbeat_channel_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive):
+        # Channels assigns this in __call__; wrapping it here keeps a Redis
+        # outage from killing every consumer of the process (channels_redis
+        # raises out of receive(), which ends the consumer with 1011).
+        self._heartbeat_channel_receive = _survive_outages(receive)
+
     async def __call__(self, scope, receive, send):
         # Inbound messages are read by a pump task of our own, so pings are
         # answered and liveness recorded even while a user handler is busy:
@@ -140,10 +153,15 @@ class HeartbeatMixin:
                 kind = message.get("type")
                 if kind == "websocket.receive":
                     session = self.heartbeat_session
-                    if session is not None and not session.closed:
+                    text = message.get("text")
+                    if session is not None and session.closed:
+                        # Ended by the server (a zombie close, say): late heartbeats
+                        # are dropped, never handed to the consumer.
+                        if text is not None and protocol.looks_like_heartbeat(text):
+                            continue
+                    elif session is not None:
                         self._heartbeat_scheduler.touch(session)
                         session.frames_in += 1
-                        text = message.get("text")
                         if (
                             text is not None
                             and protocol.looks_like_heartbeat(text)
@@ -246,6 +264,7 @@ class HeartbeatMixin:
         self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
         logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
         await self._heartbeat_signal(session_opened, session=session)
+        await self._presence_open(session)
 
     async def _heartbeat_end(self, code: int | None, reason: str | None = None) -> None:
         session = self.heartbeat_session
@@ -262,6 +281,10 @@ class HeartbeatMixin:
             "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
             session.close_code,
         )
+        try:
+            await self._presence_close(session)
+        except Exception:
+            logger.exception("presence teardown of session %s failed", session.id)
         await self._heartbeat_signal(
             session_closed, session=session, code=session.close_code,
             reason=session.close_reason,
@@ -281,8 +304,9 @@ class HeartbeatMixin:
             return False
         if not await self._heartbeat_allow(session):
             return True
-        if beat.visible is not None:
+        if beat.visible is not None and beat.visible != session.visible:
             session.visible = beat.visible
+            self._presence_visibility(session)
         if beat.type == protocol.PING:
             await self._heartbeat_send(protocol.pong(beat.id, _now_ms()))
         elif beat.id == session.probe_id and session.probe_sent_raw is not None:
@@ -324,7 +348,12 @@ class HeartbeatMixin:
             "heartbeat session %s silent for %.3f s: closing as a zombie (4408)",
             session.id, silence,
         )
-        session.close_code = CloseCode.HEARTBEAT_TIMEOUT
+        if session.close_code is not None:
+            # Already closed by the server, and the transport never confirmed it:
+            # keep the recorded cause, just finish the teardown.
+            await self._heartbeat_end(session.close_code, session.close_reason)
+            return
+        session.close_code = int(CloseCode.HEARTBEAT_TIMEOUT)
         session.close_reason = REASON_TIMEOUT
         await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
         try:
@@ -350,8 +379,9 @@ class HeartbeatMixin:
         session = self.heartbeat_session
         if session is not None and session.close_code is None:
             session.close_code = code
-            session.close_reason = event.get("reason") or REASON_ADMIN
-        await super().close(code=code, reason=event.get("reason") or "closed by the server")
+            session.close_reason = REASON_ADMIN
+        text = event.get("reason")
+        await super().close(code=code, reason=str(text) if text else "closed by the server")
 
     async def heartbeat_probe(self, event: dict[str, Any]) -> None:
         """Send a server ping now (``heartbeat.probe``); the answer records the RTT."""
@@ -363,6 +393,32 @@ class HeartbeatMixin:
         session.probe_id = f"s{session.probes_sent}"
         session.probe_sent_raw = scheduler.clock()
         await self._heartbeat_send_probe(session.probe_id)
+
+
+_layer_outage = {"on": False}
+
+
+def _survive_outages(receive):
+    async def receive_surviving_outages():
+        delay = 0.1
+        while True:
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not _layer_outage["on"]:
+                    _layer_outage["on"] = True  # one warning per outage, per process
+                    logger.warning("channel layer receive failed, retrying: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if _layer_outage["on"]:
+                _layer_outage["on"] = False
+                logger.warning("channel layer receive works again")
+            return message
+
+    return receive_surviving_outages
 
 
 class _TokenBucket:

@@ -31,7 +31,7 @@ HEARTBEAT_TYPES = frozenset({PING, PONG})
 # Limits on heartbeat frames. A ping is ~40 bytes; anything near these is hostile.
 MAX_HEARTBEAT_FRAME = 4096  # characters of one ping/pong frame
 MAX_ID_LENGTH = 128  # characters of a string id
-MAX_INT_ID = 2**53  # JSON numbers beyond this lose precision in browsers
+MAX_INT_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: beyond it browsers lose precision
 
 # Error slugs carried by {"type": "error", "code": ...}.
 ERR_INVALID_JSON = "invalid_json"

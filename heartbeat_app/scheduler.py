@@ -69,8 +69,10 @@ class Scheduler:
             base = session.timeout if session.timeout is not None else session.interval
             phase_spread = base / 4
         if session.timeout is not None:
-            # Leave the client at least half the timeout to answer a probe.
-            phase_spread = min(phase_spread, session.timeout / 2)
+            # With the phase at most timeout / 4 and a tick at most timeout / 4, a
+            # probe always has half the timeout to be answered before the zombie
+            # deadline, so a zombie is closed within interval + timeout + 1 tick.
+            phase_spread = min(phase_spread, session.timeout / 4)
         session.phase = self.rng() * phase_spread
         self.sessions.add(session)
         self._push(session, session.last_heard + session.interval + session.phase)

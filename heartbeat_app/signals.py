@@ -1,7 +1,8 @@
 """Django signals sent by heartbeat_app.
 
-Every signal is sent with ``asend`` from the event loop: async receivers run
-there, sync receivers in a thread (so they may use the ORM).
+Every signal is sent with ``asend_robust`` from the event loop: async receivers
+run there, sync receivers in a thread (so they may use the ORM); a receiver that
+raises is logged and never breaks a session.
 """
 
 from django.dispatch import Signal
@@ -15,3 +16,9 @@ zombie_detected = Signal()
 
 # A session ended, whatever the cause. kwargs: consumer, session, code, reason.
 session_closed = Signal()
+
+# A member (user key) got its first session in a room. kwargs: room, key, meta.
+member_joined = Signal()
+
+# A member's last session left a room. kwargs: room, key, meta, reason.
+member_left = Signal()

@@ -10,6 +10,9 @@ MAX_CHAT_LENGTH = 500
 class RoomConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
     """``/ws/rooms/<room>/``: chat messages broadcast to everyone in the room."""
 
+    def get_presence_rooms(self):
+        return [self.room]
+
     async def connect(self):
         self.room = self.scope["url_route"]["kwargs"]["room"]
         self.room_group = f"room.{self.room}"

@@ -106,6 +106,11 @@ HEARTBEAT_INTERVAL = _env_seconds("HEARTBEAT_INTERVAL", 25.0)
 HEARTBEAT_TIMEOUT = _env_seconds("HEARTBEAT_TIMEOUT", 10.0)
 HEARTBEAT_TICK = _env_seconds("HEARTBEAT_TICK", 1.0)
 HEARTBEAT_RATE_LIMIT = _env_seconds("HEARTBEAT_RATE_LIMIT", 20.0)
+PRESENCE_TTL = _env_seconds("PRESENCE_TTL", 30.0)
+PRESENCE_INSTANCE_TTL = _env_seconds("PRESENCE_INSTANCE_TTL", 15.0)
+PRESENCE_REAP_INTERVAL = _env_seconds("PRESENCE_REAP_INTERVAL", 5.0)
+PRESENCE_LEAVE_GRACE = _env_seconds("PRESENCE_LEAVE_GRACE", 5.0)
+PRESENCE_KEY_PREFIX = os.environ.get("PRESENCE_KEY_PREFIX", "heartbeat")
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"
@@ -127,6 +132,7 @@ LOGGING = {
         "heartbeat_app": {
             "handlers": ["console"],
             "level": os.environ.get("HEARTBEAT_LOG_LEVEL", "INFO"),
+            "propagate": False,
         },
     },
 }

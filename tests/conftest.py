@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,17 @@ def redis_url():
     if not redis_available():
         pytest.skip(f"no Redis server on {REDIS_HOST}:{REDIS_PORT} (run scripts/ensure-redis.sh)")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory):
+    """A migrated SQLite database file for the end-to-end server processes."""
+    from tests.servers import ROOT, server_env
+
+    path = tmp_path_factory.mktemp("db") / "e2e.sqlite3"
+    url = f"sqlite:///{path}"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, check=True, timeout=120, env={**os.environ, **server_env(url)},
+    )
+    return url

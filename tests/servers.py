@@ -109,3 +109,21 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def server_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """Environment of a demo server with shrunk heartbeat settings, for the e2e tests."""
+    env = {
+        "DATABASE_URL": database_url,
+        "HEARTBEAT_INTERVAL": "1.0",
+        "HEARTBEAT_TIMEOUT": "1.0",
+        "HEARTBEAT_TICK": "0.1",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "REDIS_URL": "",
+        # The closed-loop round-trip measurements would trip the flood limit.
+        "HEARTBEAT_RATE_LIMIT": "off",
+        # pytest-django exports the test settings; the servers run the demo's own.
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+    }
+    env.update(overrides)
+    return env

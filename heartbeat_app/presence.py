@@ -1,0 +1,179 @@
+"""Presence: the consumer side (rooms, metas, diffs) and the API for apps and views.
+
+Consumers declare their rooms with ``presence_rooms`` or ``get_presence_rooms()``
+and extra meta with ``get_presence_meta()``. Apps read presence with the async
+functions below, or their sync twins from views and the admin.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from asgiref.sync import async_to_sync
+
+from .state import SessionState
+from .tracker import get_store, get_tracker
+
+logger = logging.getLogger(__name__)
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+# Store fields that are the server's business, never sent to clients.
+PRIVATE_META = frozenset({"channel", "instance"})
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta as clients see it."""
+    return {k: v for k, v in meta.items() if k not in PRIVATE_META}
+
+
+def public_members(members: dict[str, dict]) -> dict[str, dict]:
+    """Members as clients see them."""
+    return {key: {"metas": [public_meta(m) for m in value["metas"]]}
+            for key, value in members.items()}
+
+
+class PresenceMixin:
+    """Presence for HeartbeatMixin consumers: join rooms on accept, leave on every end."""
+
+    #: Rooms this consumer's sessions are present in; or override get_presence_rooms().
+    presence_rooms: list[str] | None = None
+
+    def get_presence_rooms(self) -> list[str]:
+        """The rooms of this connection (none: no presence)."""
+        return list(self.presence_rooms or [])
+
+    def get_presence_meta(self) -> dict[str, Any]:
+        """Extra, JSON-serialisable fields for this session's meta in every room."""
+        return {}
+
+    async def _presence_open(self, session: SessionState) -> None:
+        rooms = self.get_presence_rooms()
+        if not rooms:
+            return
+        for room in rooms:
+            if not isinstance(room, str) or not ROOM_NAME.match(room):
+                raise ValueError(
+                    f"Presence room names are 1 to 80 letters, digits, '_', '-' or '.': {room!r}"
+                )
+        if getattr(self, "channel_layer", None) is None:
+            logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
+            return
+        self._presence_tracker = get_tracker()
+        await self._presence_tracker.join(self, session, rooms, self.get_presence_meta())
+
+    async def _presence_close(self, session: SessionState) -> None:
+        tracker = getattr(self, "_presence_tracker", None)
+        if tracker is None:
+            return
+        if session.close_reason == "timeout":
+            await tracker.leave(session, "timeout", grace=False)
+            return
+        # A tab that went away (reload, navigation, lost network) may come back
+        # with the same tab id within the grace; an explicit close (1000) or a
+        # server-side close leaves at once.
+        grace = session.close_reason == "transport_lost" or (
+            session.close_reason == "closed" and session.close_code not in (1000, None)
+        )
+        await tracker.leave(session, "closed", grace=grace)
+
+    def _presence_visibility(self, session: SessionState) -> None:
+        tracker = getattr(self, "_presence_tracker", None)
+        if tracker is not None:
+            tracker.visibility_changed(session)
+
+    async def _presence_send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "presence_state":
+            message = {**message, "members": public_members(message["members"])}
+        await self._heartbeat_send(message)
+
+    async def presence_diff(self, event: dict[str, Any]) -> None:
+        """Forward a room's coalesced ``presence.diff`` to the client."""
+        session = self.heartbeat_session
+        if session is None or session.closed:
+            return
+        await self._heartbeat_send({
+            "type": "presence_diff",
+            "room": event["room"],
+            "joins": public_members(event["joins"]),
+            "leaves": public_members(event["leaves"]),
+        })
+
+
+# The API for apps and views ---------------------------------------------------
+
+async def amembers(room: str) -> dict[str, dict]:
+    """Members of a room: key -> {"metas": [...]}, one meta per live session."""
+    return public_members(await get_store().members(room))
+
+
+async def acount(room: str) -> int:
+    """Number of members (users, not tabs) in a room."""
+    return await get_store().count(room)
+
+
+async def ais_online(key: str | int) -> bool:
+    """Whether a member key (a user's pk) has a live session in any room."""
+    return bool(await get_store().rooms_of(str(key)))
+
+
+async def arooms_of(key: str | int) -> list[str]:
+    """Rooms in which a member key (a user's pk) has a live session."""
+    return await get_store().rooms_of(str(key))
+
+
+async def arooms() -> dict[str, int]:
+    """Every room with members, and its member count."""
+    return await get_store().rooms()
+
+
+def _sync(coro_function):
+    async def oneshot(*args):
+        store = get_store()
+        # A sync caller gets a store with clients of its own, closed at once, so
+        # no connection outlives the event loop async_to_sync made for it.
+        own = store.fork() if hasattr(store, "fork") else store
+        try:
+            return await coro_function(own, *args)
+        finally:
+            if own is not store:
+                await own.close()
+
+    def sync_twin(*args):
+        return async_to_sync(oneshot)(*args)
+
+    sync_twin.__doc__ = f"Sync twin of a{coro_function.__name__.lstrip('_')}()."
+    return sync_twin
+
+
+async def _members(store, room):
+    return public_members(await store.members(room))
+
+
+async def _count(store, room):
+    return await store.count(room)
+
+
+async def _is_online(store, key):
+    return bool(await store.rooms_of(str(key)))
+
+
+async def _rooms_of(store, key):
+    return await store.rooms_of(str(key))
+
+
+async def _rooms(store):
+    return await store.rooms()
+
+
+members = _sync(_members)
+count = _sync(_count)
+is_online = _sync(_is_online)
+rooms_of = _sync(_rooms_of)
+rooms = _sync(_rooms)
+
+__all__ = [
+    "PresenceMixin", "amembers", "acount", "ais_online", "arooms_of", "arooms",
+    "members", "count", "is_online", "rooms_of", "rooms",
+]

@@ -1,0 +1,370 @@
+"""The Redis presence store: per room a sorted set scored by expiry plus hashes of metas.
+
+Keys, under the prefix P (PRESENCE_KEY_PREFIX):
+
+- ``P:r:<room>:z`` sorted set, session -> expiry (ms, from Redis ``TIME``)
+- ``P:r:<room>:m`` hash, session -> meta (JSON)
+- ``P:r:<room>:k`` hash, member key -> number of its sessions in the room
+- ``P:r:<room>:t`` hash, tab id -> session (a reload of the tab replaces its meta)
+- ``P:rooms`` set of rooms with members; ``P:u:<key>`` hash, room -> sessions of that key
+- ``P:i`` sorted set, instance -> last beat; ``P:i:<id>`` the instance key, with a TTL;
+  ``P:i:<id>:s`` set of "room\\nsession" it holds; ``P:instinfo`` hash, instance -> info
+
+Every multi-step change is one Lua script, so concurrent processes never see half
+of it. Scripts touch keys they compute, so Redis Cluster is not supported;
+Sentinel and a single primary are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .store import BaseStore, Change, ReapResult, StoreUnavailable, _group
+
+_PRELUDE = r"""
+local P = ARGV[1]
+local function now_ms(arg)
+  if arg and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function rk(room, suffix) return P .. ':r:' .. room .. ':' .. suffix end
+local function ik(inst) return P .. ':i:' .. inst .. ':s' end
+local function remove(room, session)
+  local raw = redis.call('HGET', rk(room, 'm'), session)
+  if not raw then return nil end
+  local meta = cjson.decode(raw)
+  redis.call('ZREM', rk(room, 'z'), session)
+  redis.call('HDEL', rk(room, 'm'), session)
+  if redis.call('HGET', rk(room, 't'), meta.tab) == session then
+    redis.call('HDEL', rk(room, 't'), meta.tab)
+  end
+  local last = 0
+  if redis.call('HINCRBY', rk(room, 'k'), meta.key, -1) <= 0 then
+    redis.call('HDEL', rk(room, 'k'), meta.key)
+    last = 1
+  end
+  local u = P .. ':u:' .. meta.key
+  if redis.call('HINCRBY', u, room, -1) <= 0 then redis.call('HDEL', u, room) end
+  redis.call('SREM', ik(meta.instance), room .. '\n' .. session)
+  if redis.call('ZCARD', rk(room, 'z')) == 0 then
+    redis.call('SREM', P .. ':rooms', room)
+    redis.call('DEL', rk(room, 'z'), rk(room, 'm'), rk(room, 'k'), rk(room, 't'))
+  end
+  return {raw, last}
+end
+local function place(room, meta, raw, expires)
+  redis.call('ZADD', rk(room, 'z'), expires, meta.session)
+  redis.call('HSET', rk(room, 'm'), meta.session, raw)
+  redis.call('HSET', rk(room, 't'), meta.tab, meta.session)
+  redis.call('SADD', P .. ':rooms', room)
+  redis.call('SADD', ik(meta.instance), room .. '\n' .. meta.session)
+end
+"""
+
+# ARGV: P, room, meta, ttl, now, only_if_present
+# Returns {old meta or '', reason or '', old member left (0/1), new meta, first (0/1)}.
+_JOIN = _PRELUDE + r"""
+local room, raw, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = now_ms(ARGV[5])
+local meta = cjson.decode(raw)
+if ARGV[6] == '1' and redis.call('HEXISTS', rk(room, 'm'), meta.session) == 0 then
+  return {}
+end
+local old_raw = redis.call('HGET', rk(room, 'm'), meta.session)
+local reason = 'update'
+if not old_raw then
+  local old_session = redis.call('HGET', rk(room, 't'), meta.tab)
+  if old_session then
+    old_raw = redis.call('HGET', rk(room, 'm'), old_session)
+    reason = 'replaced'
+  end
+end
+if old_raw then
+  local old = cjson.decode(old_raw)
+  if old.key == meta.key then
+    -- Same member: swap the meta, no member-level leave or join.
+    if old.session ~= meta.session then
+      redis.call('ZREM', rk(room, 'z'), old.session)
+      redis.call('HDEL', rk(room, 'm'), old.session)
+      redis.call('SREM', ik(old.instance), room .. '\n' .. old.session)
+    end
+    place(room, meta, raw, now + ttl)
+    return {old_raw, reason, 0, raw, 0}
+  end
+  local removed = remove(room, old.session)
+  local first = 0
+  if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
+  redis.call('HINCRBY', P .. ':u:' .. meta.key, room, 1)
+  place(room, meta, raw, now + ttl)
+  return {removed[1], 'replaced', removed[2], raw, first}
+end
+local first = 0
+if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
+redis.call('HINCRBY', P .. ':u:' .. meta.key, room, 1)
+place(room, meta, raw, now + ttl)
+return {'', '', 0, raw, first}
+"""
+
+# ARGV: P, room, session. Returns {meta, last} or {}.
+_LEAVE = _PRELUDE + r"""
+local removed = remove(ARGV[2], ARGV[3])
+if not removed then return {} end
+return removed
+"""
+
+# ARGV: P, instance, instance_ttl, ttl, now, info, room1, session1, ...
+# Returns the flat list of (room, session) pairs no longer held.
+_REFRESH = _PRELUDE + r"""
+local inst, inst_ttl, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms(ARGV[5])
+redis.call('ZADD', P .. ':i', now, inst)
+redis.call('SET', P .. ':i:' .. inst, now, 'PX', inst_ttl)
+if ARGV[6] ~= '' then redis.call('HSET', P .. ':instinfo', inst, ARGV[6]) end
+local missing = {}
+for i = 7, #ARGV, 2 do
+  local room, session = ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', rk(room, 'z'), session) then
+    redis.call('ZADD', rk(room, 'z'), now + ttl, session)
+  else
+    table.insert(missing, room)
+    table.insert(missing, session)
+  end
+end
+return missing
+"""
+
+# ARGV: P, instance_ttl, now. Returns a flat list of records:
+# 'I', instance, info  |  'L', room, meta, last, reason
+_REAP = _PRELUDE + r"""
+local now = now_ms(ARGV[3])
+local out = {}
+local lost = redis.call('ZRANGEBYSCORE', P .. ':i', '-inf', '(' .. (now - tonumber(ARGV[2])))
+for _, inst in ipairs(lost) do
+  table.insert(out, 'I'); table.insert(out, inst)
+  table.insert(out, redis.call('HGET', P .. ':instinfo', inst) or '')
+  for _, entry in ipairs(redis.call('SMEMBERS', ik(inst))) do
+    local sep = string.find(entry, '\n', 1, true)
+    local room = string.sub(entry, 1, sep - 1)
+    local removed = remove(room, string.sub(entry, sep + 1))
+    if removed then
+      table.insert(out, 'L'); table.insert(out, room); table.insert(out, removed[1])
+      table.insert(out, removed[2]); table.insert(out, 'instance_lost')
+    end
+  end
+  redis.call('DEL', ik(inst), P .. ':i:' .. inst)
+  redis.call('ZREM', P .. ':i', inst)
+  redis.call('HDEL', P .. ':instinfo', inst)
+end
+for _, room in ipairs(redis.call('SMEMBERS', P .. ':rooms')) do
+  for _, session in ipairs(redis.call('ZRANGEBYSCORE', rk(room, 'z'), '-inf', now)) do
+    local removed = remove(room, session)
+    if removed then
+      table.insert(out, 'L'); table.insert(out, room); table.insert(out, removed[1])
+      table.insert(out, removed[2]); table.insert(out, 'expired')
+    end
+  end
+end
+return out
+"""
+
+# ARGV: P, room, now. Returns the metas whose expiry is still ahead.
+_MEMBERS = _PRELUDE + r"""
+local room = ARGV[2]
+local now = now_ms(ARGV[3])
+local live = redis.call('ZRANGEBYSCORE', rk(room, 'z'), '(' .. now, '+inf')
+if #live == 0 then return {} end
+return redis.call('HMGET', rk(room, 'm'), unpack(live))
+"""
+
+# KEYS: lease; ARGV: holder, ttl
+_LEASE = r"""
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+class RedisStore(BaseStore):
+    """Presence in Redis, shared by every process; one client per event loop."""
+
+    def __init__(self, url: str, prefix: str = "heartbeat", *, max_connections: int = 50,
+                 timeout: float = 2.0):
+        self.url = url
+        self.prefix = prefix
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _client(self) -> tuple[aioredis.Redis, dict]:
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(loop)
+        if entry is None:
+            # A blocking pool waits for a free connection instead of raising
+            # MaxConnectionsError, so a connection storm queues instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, timeout=self.timeout,
+                socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                decode_responses=True,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+            scripts = {
+                name: client.register_script(source)
+                for name, source in (("join", _JOIN), ("leave", _LEAVE),
+                                     ("refresh", _REFRESH), ("reap", _REAP),
+                                     ("members", _MEMBERS), ("lease", _LEASE))
+            }
+            entry = self._clients[loop] = (client, scripts)
+        return entry
+
+    async def _run(self, name: str, args: list, keys: list | None = None):
+        _, scripts = self._client()
+        try:
+            return await scripts[name](keys=keys or [], args=[self.prefix, *args]
+                                       if name != "lease" else args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _call(self, method: str, *args):
+        client, _ = self._client()
+        try:
+            return await getattr(client, method)(*args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    @staticmethod
+    def _now_arg(now_ms: int | None) -> str:
+        return "" if now_ms is None else str(int(now_ms))
+
+    def _join_changes(self, room: str, reply: list) -> list[Change]:
+        if not reply:
+            return []
+        old_raw, reason, old_last, new_raw, first = reply
+        changes = []
+        new = json.loads(new_raw)
+        if old_raw:
+            old = json.loads(old_raw)
+            changes.append(Change(room, old["key"], old, False, reason, bool(int(old_last))))
+        changes.append(Change(room, new["key"], new, True, "", bool(int(first))))
+        return changes
+
+    async def join(self, room, meta, ttl_ms, now_ms=None):
+        reply = await self._run("join", [room, json.dumps(meta), int(ttl_ms),
+                                         self._now_arg(now_ms), "0"])
+        return self._join_changes(room, reply)
+
+    async def update(self, room, meta, ttl_ms, now_ms=None):
+        reply = await self._run("join", [room, json.dumps(meta), int(ttl_ms),
+                                         self._now_arg(now_ms), "1"])
+        return self._join_changes(room, reply)
+
+    async def leave(self, room, session, reason, now_ms=None):
+        reply = await self._run("leave", [room, session])
+        if not reply:
+            return []
+        meta = json.loads(reply[0])
+        return [Change(room, meta["key"], meta, False, reason, bool(int(reply[1])))]
+
+    async def refresh(self, instance, instance_ttl_ms, ttl_ms, entries, info=None,
+                      now_ms=None):
+        args = [instance, int(instance_ttl_ms), int(ttl_ms), self._now_arg(now_ms),
+                json.dumps(info) if info else ""]
+        for room, session in entries:
+            args += [room, session]
+        flat = await self._run("refresh", args)
+        return list(zip(flat[::2], flat[1::2]))
+
+    async def reap(self, instance_ttl_ms, now_ms=None):
+        flat = await self._run("reap", [int(instance_ttl_ms), self._now_arg(now_ms)])
+        result = ReapResult()
+        i = 0
+        while i < len(flat):
+            if flat[i] == "I":
+                info = json.loads(flat[i + 2]) if flat[i + 2] else {}
+                result.lost_instances.append({"id": flat[i + 1], **info})
+                i += 3
+            else:
+                meta = json.loads(flat[i + 2])
+                result.changes.append(Change(flat[i + 1], meta["key"], meta, False,
+                                             flat[i + 4], bool(int(flat[i + 3]))))
+                i += 5
+        return result
+
+    async def acquire_lease(self, name, holder, ttl_ms):
+        key = f"{self.prefix}:lease:{name}"
+        return bool(await self._run("lease", [holder, int(ttl_ms)], keys=[key]))
+
+    async def members(self, room, now_ms=None):
+        raws = await self._run("members", [room, self._now_arg(now_ms)])
+        return _group([json.loads(raw) for raw in raws if raw])
+
+    async def count(self, room, now_ms=None):
+        return int(await self._call("hlen", f"{self.prefix}:r:{room}:k"))
+
+    async def rooms(self):
+        client, _ = self._client()
+        try:
+            names = sorted(await client.smembers(f"{self.prefix}:rooms"))
+            async with client.pipeline(transaction=False) as pipe:
+                for room in names:
+                    pipe.hlen(f"{self.prefix}:r:{room}:k")
+                counts = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return {room: int(n) for room, n in zip(names, counts) if int(n)}
+
+    async def rooms_of(self, key):
+        return sorted(await self._call("hkeys", f"{self.prefix}:u:{key}"))
+
+    async def instances(self, now_ms=None):
+        client, _ = self._client()
+        try:
+            beats = await client.zrange(f"{self.prefix}:i", 0, -1, withscores=True)
+            infos = await client.hgetall(f"{self.prefix}:instinfo")
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [{"id": inst, "last_beat_ms": int(score),
+                 **(json.loads(infos[inst]) if infos.get(inst) else {})}
+                for inst, score in beats]
+
+    async def instance_sessions(self, instance):
+        entries = await self._call("smembers", f"{self.prefix}:i:{instance}:s")
+        return sorted(tuple(entry.split("\n", 1)) for entry in entries)
+
+    def fork(self) -> RedisStore:
+        """A store with clients of its own, for one-shot use from sync code."""
+        return RedisStore(self.url, self.prefix, max_connections=self.max_connections,
+                          timeout=self.timeout)
+
+    async def close(self):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        entry = self._clients.pop(loop, None)
+        if entry is not None:
+            await entry[0].aclose()
+            await entry[0].connection_pool.disconnect()
+
+    async def flush(self) -> None:
+        """Delete every key under the prefix (tests and resets only)."""
+        client, _ = self._client()
+        keys = [key async for key in client.scan_iter(match=f"{self.prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)

@@ -1,0 +1,252 @@
+"""Presence through real consumers (WebsocketCommunicator), the memory store and a shrunk tick."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+
+from heartbeat_app import presence, signals, tracker
+from heartbeat_app.consumers import HeartbeatMixin
+from heartbeat_app.scheduler import Scheduler, set_scheduler
+
+MS = 0.001
+TICK = 50 * MS
+GRACE = 300 * MS
+
+
+class RoomConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    heartbeat_interval = 2.0
+    heartbeat_timeout = 1.0
+
+    def get_presence_rooms(self):
+        return [self.scope["url_route"]["kwargs"]["room"]]
+
+    def get_presence_meta(self):
+        return {"nick": self.scope.get("nick", "")}
+
+
+def user(pk):
+    return SimpleNamespace(pk=pk, is_authenticated=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_presence(settings):
+    settings.HEARTBEAT_TICK = TICK
+    settings.PRESENCE_LEAVE_GRACE = GRACE
+    settings.PRESENCE_STORE = "memory"
+    tracker.reset_store()
+    yield
+    tracker.reset_store()
+
+
+@pytest.fixture
+async def clock():
+    """A scheduler we step by hand, so heartbeats never fire on their own."""
+    scheduler = Scheduler(clock=lambda: clock.now, tick=TICK, rng=lambda: 0.0, autostart=False)
+    clock.now = 1000.0
+    clock.scheduler = scheduler
+    set_scheduler(scheduler)
+    yield clock
+    set_scheduler(None)
+
+
+clock.now = 0.0  # noqa: B018 (the fixture function carries the fake time)
+
+
+async def join(room="lobby", tab="t1", **scope):
+    communicator = WebsocketCommunicator(
+        RoomConsumer.as_asgi(), f"/ws/rooms/{room}/?tab={tab}"
+    )
+    communicator.scope["url_route"] = {"kwargs": {"room": room}}
+    communicator.scope.update(scope)
+    connected, _ = await communicator.connect()
+    assert connected
+    hello = await communicator.receive_json_from()
+    state = await communicator.receive_json_from()
+    assert state["type"] == "presence_state"
+    return communicator, hello, state
+
+
+async def next_diff(communicator, timeout=2.0):
+    while True:
+        message = await communicator.receive_json_from(timeout=timeout)
+        if message["type"] == "presence_diff":
+            return message
+
+
+async def test_newcomer_gets_state_and_the_room_gets_a_diff(clock):
+    alice, alice_hello, state = await join(tab="a", user=user(1), nick="alice")
+    assert state == {"type": "presence_state", "room": "lobby", "members": {
+        "1": {"metas": [state["members"]["1"]["metas"][0]]}}}
+    meta = state["members"]["1"]["metas"][0]
+    assert meta["session"] == alice_hello["session"]
+    assert meta["tab"] == "a" and meta["nick"] == "alice" and meta["visible"] is True
+    assert "channel" not in meta and "instance" not in meta
+    assert await next_diff(alice) == {"type": "presence_diff", "room": "lobby",
+                                      "joins": {"1": {"metas": [meta]}}, "leaves": {}}
+    bob, _, state = await join(tab="b", user=user(2))
+    assert sorted(state["members"]) == ["1", "2"]
+    diff = await next_diff(alice)
+    assert list(diff["joins"]) == ["2"] and diff["leaves"] == {}
+    await bob.disconnect(code=1000)
+    diff = await next_diff(alice)
+    assert list(diff["leaves"]) == ["2"]
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "closed"
+    assert await presence.amembers("lobby") == {"1": {"metas": [meta]}}
+    await alice.disconnect(code=1000)
+
+
+async def test_three_tabs_are_one_member_and_closing_one_is_no_leave(clock):
+    events = []
+
+    def on_joined(sender, room, key, **kwargs):
+        events.append(("joined", room, key))
+
+    def on_left(sender, room, key, reason, **kwargs):
+        events.append(("left", room, key, reason))
+
+    signals.member_joined.connect(on_joined)
+    signals.member_left.connect(on_left)
+    try:
+        tabs = [await join(tab=f"t{i}", user=user(7)) for i in range(3)]
+        assert await presence.acount("lobby") == 1
+        members = await presence.amembers("lobby")
+        assert len(members["7"]["metas"]) == 3
+        await tabs[0][0].disconnect(code=1000)
+        await asyncio.sleep(3 * TICK)
+        assert len((await presence.amembers("lobby"))["7"]["metas"]) == 2
+        assert events == [("joined", "lobby", "7")]
+        await tabs[1][0].disconnect(code=1000)
+        await tabs[2][0].disconnect(code=1000)
+        await asyncio.sleep(3 * TICK)
+        assert events == [("joined", "lobby", "7"), ("left", "lobby", "7", "closed")]
+        assert await presence.amembers("lobby") == {}
+        assert not await presence.ais_online(7)
+    finally:
+        signals.member_joined.disconnect(on_joined)
+        signals.member_left.disconnect(on_left)
+
+
+async def test_zombie_close_leaves_at_once_with_reason_timeout(clock):
+    watcher, _, _ = await join(tab="w", user=user(1))
+    await next_diff(watcher)
+    zombie, hello, _ = await join(tab="z", user=user(2))
+    await next_diff(watcher)
+    # Only the zombie is silent: keep the watcher talking while time moves.
+    for _ in range(6):
+        clock.now += 0.5
+        await watcher.send_json_to({"type": "ping", "id": 1})
+        await asyncio.sleep(0.01)  # let the watcher's frame be read
+        await clock.scheduler.step()
+    diff = await next_diff(watcher)
+    assert list(diff["leaves"]) == ["2"]
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "timeout"
+    assert diff["leaves"]["2"]["metas"][0]["session"] == hello["session"]
+    await zombie.disconnect()
+    await watcher.disconnect()
+
+
+async def test_transport_loss_leaves_after_the_grace(clock):
+    watcher, _, _ = await join(tab="w", user=user(1))
+    await next_diff(watcher)
+    lost, _, _ = await join(tab="l", user=user(2))
+    await next_diff(watcher)
+    loop = asyncio.get_running_loop()
+    gone = loop.time()
+    await lost.disconnect(code=1006)
+    diff = await next_diff(watcher)
+    waited = loop.time() - gone
+    assert list(diff["leaves"]) == ["2"]
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "closed"
+    assert waited >= GRACE - TICK
+    await watcher.disconnect()
+
+
+async def test_reload_within_the_grace_does_not_blink(clock):
+    left = []
+
+    def on_left(sender, key, **kwargs):
+        left.append(key)
+
+    signals.member_left.connect(on_left)
+    try:
+        watcher, _, _ = await join(tab="w", user=user(1))
+        await next_diff(watcher)
+        first, _, _ = await join(tab="same-tab")
+        diff = await next_diff(watcher)
+        assert list(diff["joins"]) == ["anon:same-tab"]
+        await first.disconnect(code=1001)  # a reload: going away
+        second, hello, state = await join(tab="same-tab")
+        assert [m["session"] for m in state["members"]["anon:same-tab"]["metas"]] == [
+            hello["session"]]
+        diff = await next_diff(watcher)
+        # The old meta is replaced, the member never left.
+        assert diff["leaves"]["anon:same-tab"]["metas"][0]["reason"] == "replaced"
+        assert diff["joins"]["anon:same-tab"]["metas"][0]["session"] == hello["session"]
+        await asyncio.sleep(GRACE + 3 * TICK)
+        assert left == []
+        assert list(await presence.amembers("lobby")) == ["1", "anon:same-tab"]
+        await second.disconnect(code=1000)
+        await watcher.disconnect(code=1000)
+    finally:
+        signals.member_left.disconnect(on_left)
+
+
+async def test_visibility_change_reaches_the_room(clock):
+    watcher, _, _ = await join(tab="w", user=user(1))
+    await next_diff(watcher)
+    hider, hello, _ = await join(tab="h", user=user(2))
+    await next_diff(watcher)
+    await hider.send_json_to({"type": "ping", "id": 1, "visible": False})
+    diff = await next_diff(watcher)
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "update"
+    assert diff["joins"]["2"]["metas"][0]["visible"] is False
+    assert diff["joins"]["2"]["metas"][0]["ref"] != diff["leaves"]["2"]["metas"][0]["ref"]
+    members = await presence.amembers("lobby")
+    assert members["2"]["metas"][0]["visible"] is False
+    await hider.disconnect(code=1000)
+    await watcher.disconnect(code=1000)
+
+
+async def test_a_storm_of_joins_is_coalesced_into_few_diffs(clock, settings):
+    settings.PRESENCE_BROADCAST_INTERVAL = 0.5
+    watcher, _, _ = await join(tab="w", user=user(0))
+    await next_diff(watcher)
+    tracker_ = tracker.get_tracker()
+    before = tracker_.stats["broadcasts"]
+    crowd = await asyncio.gather(*[join(tab=f"c{i}", user=user(i + 1)) for i in range(30)])
+    joined = set()
+    while len(joined) < 30:
+        diff = await next_diff(watcher)
+        joined |= set(diff["joins"])
+    assert tracker_.stats["broadcasts"] - before <= 3
+    for communicator, _, _ in crowd:
+        await communicator.disconnect(code=1000)
+    await watcher.disconnect(code=1000)
+
+
+async def test_rooms_api_and_sync_twins(clock):
+    a, _, _ = await join(room="alpha", tab="a", user=user(5))
+    b, _, _ = await join(room="beta", tab="b", user=user(5))
+    assert await presence.arooms_of(5) == ["alpha", "beta"]
+    assert await presence.arooms() == {"alpha": 1, "beta": 1}
+    assert await presence.ais_online("5")
+    assert not await presence.ais_online(6)
+    from asgiref.sync import sync_to_async
+
+    assert await sync_to_async(presence.rooms_of)(5) == ["alpha", "beta"]
+    assert await sync_to_async(presence.count)("alpha") == 1
+    assert await sync_to_async(presence.is_online)(5)
+    await a.disconnect(code=1000)
+    await b.disconnect(code=1000)
+
+
+async def test_bad_room_name_is_refused(clock):
+    communicator = WebsocketCommunicator(RoomConsumer.as_asgi(), "/ws/rooms/x/")
+    communicator.scope["url_route"] = {"kwargs": {"room": "no spaces allowed"}}
+    await communicator.connect()
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    with pytest.raises(ValueError, match="Presence room names"):
+        await communicator.receive_output()

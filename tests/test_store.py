@@ -1,0 +1,209 @@
+"""One contract suite for every presence store: memory, and Redis on the real server."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from heartbeat_app.redis_store import RedisStore
+from heartbeat_app.store import (
+    EXPIRED,
+    INSTANCE_LOST,
+    REPLACED,
+    UPDATE,
+    MemoryStore,
+    StoreUnavailable,
+)
+
+T0 = 1_700_000_000_000  # an injected "now", in ms
+TTL = 30_000
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):
+    if request.param == "memory":
+        yield MemoryStore(clock=lambda: T0 / 1000)
+        return
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore(url, prefix=f"hbtest-{uuid.uuid4().hex[:8]}")
+    yield store
+    await store.flush()
+    await store.close()
+
+
+def meta(session, key="1", tab=None, instance="i1", **extra):
+    return {"session": session, "key": key, "tab": tab or f"tab-{session}",
+            "instance": instance, "visible": True, "online_at": T0, "ref": f"r-{session}",
+            **extra}
+
+
+def summary(changes):
+    return [(c.joined, c.key, c.meta["session"], c.reason, c.member_changed) for c in changes]
+
+
+async def test_join_and_leave(store):
+    changes = await store.join("lobby", meta("s1"), TTL, T0)
+    assert summary(changes) == [(True, "1", "s1", "", True)]
+    assert await store.members("lobby", T0) == {"1": {"metas": [meta("s1")]}}
+    assert await store.count("lobby") == 1
+    assert await store.rooms() == {"lobby": 1}
+    assert await store.rooms_of("1") == ["lobby"]
+    changes = await store.leave("lobby", "s1", "closed", T0)
+    assert summary(changes) == [(False, "1", "s1", "closed", True)]
+    assert changes[0].meta["reason"] == "closed"
+    assert await store.members("lobby", T0) == {}
+    assert await store.count("lobby") == 0
+    assert await store.rooms() == {}
+    assert await store.rooms_of("1") == []
+    assert await store.leave("lobby", "s1", "closed", T0) == []
+
+
+async def test_multi_tab_member_is_one_member(store):
+    for session in ("a", "b", "c"):
+        await store.join("lobby", meta(session, key="7"), TTL, T0)
+    await store.join("lobby", meta("d", key="8"), TTL, T0)
+    members = await store.members("lobby", T0)
+    assert sorted(members) == ["7", "8"]
+    assert sorted(m["session"] for m in members["7"]["metas"]) == ["a", "b", "c"]
+    assert await store.count("lobby") == 2
+    # Closing one tab is not a leave of the user.
+    assert summary(await store.leave("lobby", "a", "closed", T0)) == [
+        (False, "7", "a", "closed", False)]
+    assert summary(await store.leave("lobby", "b", "closed", T0)) == [
+        (False, "7", "b", "closed", False)]
+    assert summary(await store.leave("lobby", "c", "closed", T0)) == [
+        (False, "7", "c", "closed", True)]
+    assert sorted(await store.members("lobby", T0)) == ["8"]
+
+
+async def test_second_tab_join_is_not_a_member_join(store):
+    await store.join("lobby", meta("a", key="7"), TTL, T0)
+    changes = await store.join("lobby", meta("b", key="7"), TTL, T0)
+    assert summary(changes) == [(True, "7", "b", "", False)]
+
+
+async def test_update_replaces_the_meta_as_a_leave_and_a_join(store):
+    await store.join("lobby", meta("s1"), TTL, T0)
+    newer = meta("s1", visible=False, ref="r-2")
+    changes = await store.update("lobby", newer, TTL, T0)
+    assert summary(changes) == [(False, "1", "s1", UPDATE, False), (True, "1", "s1", "", False)]
+    assert changes[0].meta["ref"] == "r-s1"
+    assert changes[1].meta["ref"] == "r-2"
+    assert (await store.members("lobby", T0))["1"]["metas"] == [newer]
+    assert await store.count("lobby") == 1
+
+
+async def test_update_of_a_gone_session_does_nothing(store):
+    assert await store.update("lobby", meta("ghost"), TTL, T0) == []
+    assert await store.members("lobby", T0) == {}
+
+
+async def test_same_tab_rejoin_replaces_without_member_blink(store):
+    """A reload: the tab's new session replaces the old one, the member never leaves."""
+    await store.join("lobby", meta("old", key="5", tab="T"), TTL, T0)
+    changes = await store.join("lobby", meta("new", key="5", tab="T"), TTL, T0)
+    assert summary(changes) == [(False, "5", "old", REPLACED, False),
+                                (True, "5", "new", "", False)]
+    assert [m["session"] for m in (await store.members("lobby", T0))["5"]["metas"]] == ["new"]
+    # The old session's late leave finds nothing to remove.
+    assert await store.leave("lobby", "old", "closed", T0) == []
+    assert await store.count("lobby") == 1
+
+
+async def test_same_tab_rejoin_as_another_user(store):
+    await store.join("lobby", meta("old", key="anon:T", tab="T"), TTL, T0)
+    changes = await store.join("lobby", meta("new", key="9", tab="T"), TTL, T0)
+    assert summary(changes) == [(False, "anon:T", "old", REPLACED, True),
+                                (True, "9", "new", "", True)]
+    assert sorted(await store.members("lobby", T0)) == ["9"]
+
+
+async def test_rooms_are_independent(store):
+    await store.join("a", meta("s1", key="1"), TTL, T0)
+    await store.join("b", meta("s2", key="1"), TTL, T0)
+    await store.join("b", meta("s3", key="2"), TTL, T0)
+    assert await store.rooms() == {"a": 1, "b": 2}
+    assert await store.rooms_of("1") == ["a", "b"]
+    await store.leave("a", "s1", "closed", T0)
+    assert await store.rooms_of("1") == ["b"]
+
+
+async def test_expiry_hides_then_reaps_with_reason_expired(store):
+    await store.join("lobby", meta("s1"), TTL, T0)
+    await store.join("lobby", meta("s2", key="2"), TTL, T0)
+    # s2 is refreshed, s1 is not.
+    await store.refresh("i1", 10_000, TTL, [("lobby", "s2")], now_ms=T0 + 20_000)
+    assert sorted(await store.members("lobby", T0 + TTL - 1)) == ["1", "2"]
+    assert sorted(await store.members("lobby", T0 + TTL)) == ["2"]
+    result = await store.reap(10_000_000, T0 + TTL)
+    assert summary(result.changes) == [(False, "1", "s1", EXPIRED, True)]
+    assert result.lost_instances == []
+    assert await store.count("lobby") == 1
+    assert await store.reap(10_000_000, T0 + TTL) == type(result)()
+
+
+async def test_refresh_reports_sessions_no_longer_held(store):
+    await store.join("lobby", meta("s1"), TTL, T0)
+    missing = await store.refresh("i1", 10_000, TTL, [("lobby", "s1"), ("lobby", "gone")],
+                                  now_ms=T0)
+    assert missing == [("lobby", "gone")]
+
+
+async def test_lost_instance_sessions_are_reaped(store):
+    await store.join("lobby", meta("a1", key="1", instance="A"), TTL, T0)
+    await store.join("lobby", meta("a2", key="2", instance="A"), TTL, T0)
+    await store.join("lobby", meta("b1", key="2", instance="B"), TTL, T0)
+    await store.refresh("A", 5_000, TTL, [("lobby", "a1"), ("lobby", "a2")],
+                        info={"host": "h", "pid": 1}, now_ms=T0)
+    await store.refresh("B", 5_000, TTL, [("lobby", "b1")], now_ms=T0)
+    assert await store.instance_sessions("A") == [("lobby", "a1"), ("lobby", "a2")]
+    # B keeps beating; A stops.
+    await store.refresh("B", 5_000, TTL, [("lobby", "b1")], now_ms=T0 + 6_000)
+    result = await store.reap(5_000, T0 + 6_000)
+    assert [i["id"] for i in result.lost_instances] == ["A"]
+    assert result.lost_instances[0]["host"] == "h"
+    assert sorted(summary(result.changes)) == [
+        (False, "1", "a1", INSTANCE_LOST, True),
+        (False, "2", "a2", INSTANCE_LOST, False),  # key 2 still has b1
+    ]
+    assert sorted(await store.members("lobby", T0 + 6_000)) == ["2"]
+    assert await store.instance_sessions("A") == []
+    assert [i["id"] for i in await store.instances()] == ["B"]
+
+
+async def test_reaper_lease_is_exclusive_and_expires(store):
+    assert await store.acquire_lease("reaper", "A", 200)
+    assert await store.acquire_lease("reaper", "A", 200)  # renewal
+    assert not await store.acquire_lease("reaper", "B", 200)
+    if isinstance(store, MemoryStore):
+        store.clock = lambda: (T0 + 1_000) / 1000
+    else:
+        await asyncio.sleep(0.3)
+    assert await store.acquire_lease("reaper", "B", 200)
+    assert not await store.acquire_lease("reaper", "A", 200)
+
+
+async def test_leave_grace_by_tab_reconnect_through_the_store(store):
+    """The grace itself lives in the tracker; the store's part: a rejoin of the tab wins."""
+    await store.join("lobby", meta("s1", key="anon:T", tab="T"), TTL, T0)
+    await store.join("lobby", meta("s2", key="anon:T", tab="T"), TTL, T0 + 1_000)
+    assert await store.leave("lobby", "s1", "closed", T0 + 5_000) == []
+    assert [m["session"] for m in (await store.members("lobby", T0 + 5_000))["anon:T"]["metas"]
+            ] == ["s2"]
+
+
+async def test_room_of_10k_metas(store):
+    for i in range(0, 1000):
+        await store.join("big", meta(f"s{i}", key=str(i % 400)), TTL, T0)
+    assert await store.count("big") == 400
+    members = await store.members("big", T0)
+    assert sum(len(m["metas"]) for m in members.values()) == 1000
+
+
+async def test_redis_store_reports_unavailable():
+    store = RedisStore("redis://127.0.0.1:1/0", timeout=0.5)
+    with pytest.raises(StoreUnavailable):
+        await store.join("lobby", meta("s1"), TTL)
+    with pytest.raises(StoreUnavailable):
+        await store.members("lobby")
+    await store.close()
