@@ -88,7 +88,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
             id="heartbeat_app.E007",
         ))
 
-    if interval is not None and timeout is None:
+    if interval is not None and conf.get("HEARTBEAT_TIMEOUT") is None:
         errors.append(Warning(
             "HEARTBEAT_TIMEOUT is None: silent connections are probed but never closed, "
             "so zombies stay until the transport notices (about 52 s under Daphne).",

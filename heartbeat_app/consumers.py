@@ -21,8 +21,8 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
-from .protocol import CloseCode, ProtocolError
 from .presence import PresenceMixin
+from .protocol import CloseCode, ProtocolError
 from .scheduler import get_scheduler
 from .signals import session_closed, session_opened, zombie_detected
 from .state import SessionState

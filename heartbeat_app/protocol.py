@@ -42,6 +42,8 @@ ERR_BINARY_NOT_SUPPORTED = "binary_not_supported"
 # Cheap pre-filter: only frames that could be a heartbeat are parsed by the mixin,
 # so user frames are never decoded twice.
 _HEARTBEAT_HINT = re.compile(r'"type"\s*:\s*"p[io]ng"')
+# An oversize frame is refused unparsed only when it opens as a heartbeat would.
+_HEARTBEAT_OPENING = re.compile(r'\s*\{\s*"type"\s*:\s*"p[io]ng"')
 _TAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RETRY_HINT = re.compile(r"retry_after_ms=(\d+)")
 
@@ -118,10 +120,10 @@ def should_reconnect(code: int | None) -> bool:
 
 def close_reason(text: str, retry_after_ms: int | None = None) -> str:
     """Build a close reason, with an optional retry hint the client honours."""
-    if retry_after_ms is not None:
-        text = f"{text}; retry_after_ms={int(retry_after_ms)}"
-    # RFC 6455 limits the reason to 123 bytes of UTF-8.
-    return text.encode()[:123].decode(errors="ignore")
+    # RFC 6455 limits the reason to 123 bytes of UTF-8; the hint is never cut.
+    hint = "" if retry_after_ms is None else f"; retry_after_ms={int(retry_after_ms)}"
+    room = 123 - len(hint.encode())
+    return text.encode()[:room].decode(errors="ignore") + hint
 
 
 def parse_retry_hint(reason: str | None) -> int | None:
@@ -167,20 +169,22 @@ def parse_heartbeat_text(text: str) -> Heartbeat | None:
     """
     if not looks_like_heartbeat(text):
         return None
+    if len(text) > MAX_HEARTBEAT_FRAME:
+        # Never decode a big frame on the heartbeat path (deep nesting, huge ids):
+        # refuse it if it opens as a heartbeat, else it is the user's.
+        if _HEARTBEAT_OPENING.match(text):
+            raise ProtocolError(
+                ERR_FRAME_TOO_LARGE,
+                f"Heartbeat frames are limited to {MAX_HEARTBEAT_FRAME} characters.",
+            )
+        return None
     try:
         content = json.loads(text)
     except (ValueError, RecursionError):
         # Only a frame shaped like a JSON object is taken as a broken heartbeat;
         # other text mentioning a ping belongs to the user's own protocol.
-        if text.lstrip().startswith("{") and len(text) <= MAX_HEARTBEAT_FRAME:
+        if text.lstrip().startswith("{"):
             raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
-        return None
-    if len(text) > MAX_HEARTBEAT_FRAME:
-        if isinstance(content, dict) and content.get("type") in HEARTBEAT_TYPES:
-            raise ProtocolError(
-                ERR_FRAME_TOO_LARGE,
-                f"Heartbeat frames are limited to {MAX_HEARTBEAT_FRAME} characters.",
-            )
         return None
     return parse_heartbeat(content)
 
@@ -190,7 +194,7 @@ def parse_heartbeat(content: Any) -> Heartbeat | None:
     if not isinstance(content, dict):
         return None
     kind = content.get("type")
-    if kind not in HEARTBEAT_TYPES:
+    if not isinstance(kind, str) or kind not in HEARTBEAT_TYPES:
         return None
     ident = content.get("id")
     if ident is not None:
@@ -216,7 +220,7 @@ def _check_id(ident: Any) -> None:
 
 def valid_tab_id(value: Any) -> bool:
     """Whether a client-supplied tab id is acceptable."""
-    return isinstance(value, str) and _TAB_ID.match(value) is not None
+    return isinstance(value, str) and _TAB_ID.fullmatch(value) is not None
 
 
 def hello(session: str, tab: str, interval_ms: int | None, timeout_ms: int | None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -288,7 +287,7 @@ class RedisStore(BaseStore):
         for room, session in entries:
             args += [room, session]
         flat = await self._run("refresh", args)
-        return list(zip(flat[::2], flat[1::2]))
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
     async def reap(self, instance_ttl_ms, now_ms=None):
         flat = await self._run("reap", [int(instance_ttl_ms), self._now_arg(now_ms)])
@@ -327,7 +326,7 @@ class RedisStore(BaseStore):
                 counts = await pipe.execute()
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return {room: int(n) for room, n in zip(names, counts) if int(n)}
+        return {room: int(n) for room, n in zip(names, counts, strict=True) if int(n)}
 
     async def rooms_of(self, key):
         return sorted(await self._call("hkeys", f"{self.prefix}:u:{key}"))

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from . import conf
 from .state import SessionState

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 # Weight of the newest sample in the smoothed round-trip time (as TCP's SRTT).
 RTT_SMOOTHING = 0.125
@@ -67,7 +68,9 @@ class SessionState:
     @property
     def probe_outstanding(self) -> bool:
         """Whether a probe was sent and nothing has been heard since."""
-        return self.probe_sent_at is not None and self.probe_sent_at >= self.last_heard
+        # Strictly after: a frame read at the same clock reading as the probe
+        # decision was read after it, so it answers the probe.
+        return self.probe_sent_at is not None and self.probe_sent_at > self.last_heard
 
     def record_rtt(self, seconds: float) -> None:
         """Record one measured round trip."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # Leave reasons carried by every leaving meta.
 CLOSED = "closed"

@@ -149,7 +149,7 @@ class Tracker:
         self.stats["store_calls"] += 1
         try:
             result = await asyncio.wait_for(coro, conf.get("PRESENCE_STORE_TIMEOUT"))
-        except (StoreUnavailable, asyncio.TimeoutError, ConnectionError, OSError) as exc:
+        except (TimeoutError, StoreUnavailable, ConnectionError, OSError) as exc:
             if not self.degraded:
                 self.degraded = True
                 self.stats["outages"] += 1

@@ -239,3 +239,57 @@ async def test_redis_restart_pings_answered_and_presence_rebuilt(own_redis, migr
         await two.ws.close()
     finally:
         server.stop()
+
+
+async def test_storm_of_1000_connects_fails_no_handshake(migrated_db, shared_redis_url, prefix,
+                                                         tmp_path):
+    """1,000 connects, 100 in flight, into 10 rooms: every handshake succeeds."""
+    env = presence_env(migrated_db, shared_redis_url, prefix)
+    env["PRESENCE_BROADCAST_INTERVAL"] = "1.0"
+    env["HEARTBEAT_INTERVAL"] = "25"
+    env["HEARTBEAT_TIMEOUT"] = "10"
+    server = ServerProcess(tmp_path, env).start()
+    gate = asyncio.Semaphore(100)
+    opened, failures, states = [], [], 0
+
+    async def one(i):
+        nonlocal states
+        async with gate:
+            try:
+                ws = await connect(f"{server.url}/ws/rooms/r{i % 10}/?tab=s{i}",
+                                   origin=server.origin, ping_interval=None, open_timeout=30)
+                hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                state = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            except Exception as exc:
+                failures.append(repr(exc))
+                return
+        assert hello["type"] == "hello"
+        states += state["type"] == "presence_state"
+        opened.append(ws)
+
+    try:
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(1000)))
+        took = time.monotonic() - started
+        print(f"\n[presence] 1,000 connects (100 in flight, 10 rooms) in {took:.1f} s: "
+              f"{len(failures)} failed")
+        assert failures == []
+        assert len(opened) == 1000 and states == 1000
+        store = RedisStore(shared_redis_url, prefix=prefix)
+        try:
+            assert await until_async(lambda: store.rooms(), {f"r{i}": 100 for i in range(10)}, 10)
+        finally:
+            await store.close()
+        assert "Traceback" not in server.log()
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+        server.stop()
+
+
+async def until_async(read, expected, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await read() == expected:
+            return True
+        await asyncio.sleep(0.1)
+    return await read() == expected

@@ -1,0 +1,63 @@
+"""The tracker's batching against the real Redis: round trips per tick do not grow with sessions."""
+
+import uuid
+
+import pytest
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+
+from heartbeat_app import tracker
+from heartbeat_app.consumers import HeartbeatMixin
+
+pytestmark = pytest.mark.redis
+
+
+class Room(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    presence_rooms = ["batch"]
+
+
+@pytest.fixture
+def redis_presence(settings, redis_url):
+    settings.PRESENCE_STORE = "redis"
+    settings.PRESENCE_REDIS_URL = redis_url
+    settings.PRESENCE_KEY_PREFIX = f"hbtrack-{uuid.uuid4().hex[:8]}"
+    settings.PRESENCE_TTL = 30.0
+    settings.PRESENCE_REAP_INTERVAL = 3600.0
+    settings.HEARTBEAT_TICK = 1.0
+    tracker.reset_store()
+    yield
+    tracker.reset_store()
+
+
+async def round_trips_per_tick(sessions: int) -> tuple[int, int]:
+    communicators = []
+    for i in range(sessions):
+        communicator = WebsocketCommunicator(Room.as_asgi(), f"/ws/?tab=t{i}")
+        assert (await communicator.connect())[0]
+        communicators.append(communicator)
+    for communicator in communicators:
+        await communicator.receive_json_from()  # hello
+        await communicator.receive_json_from()  # presence_state
+    active = tracker.get_tracker()
+    store = active.store
+    assert len(await store.members("batch")) == sessions
+    for local in active.local.values():
+        local.refreshed = -1e9  # every session due for its refresh at this tick
+    calls = active.stats["store_calls"]
+    await active.step()
+    per_tick = active.stats["store_calls"] - calls
+    refreshed = sum(1 for local in active.local.values() if local.refreshed > 0)
+    for communicator in communicators:
+        await communicator.disconnect(code=1000)
+    await store.flush()
+    await store.close()
+    return per_tick, refreshed
+
+
+async def test_round_trips_per_tick_do_not_grow_with_sessions(redis_presence):
+    small, refreshed_small = await round_trips_per_tick(10)
+    large, refreshed_large = await round_trips_per_tick(300)
+    print(f"\n[tracker] store round trips per tick: {small} at 10 sessions, "
+          f"{large} at 300 sessions")
+    assert refreshed_small == 10 and refreshed_large == 300
+    assert small == large == 1
