@@ -30,6 +30,12 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_RATE_BURST": 60,
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
+    # Write a row per session for the admin (on open, on close, and in bulk checkpoints).
+    "HEARTBEAT_RECORD_SESSIONS": True,
+    # Seconds between bulk checkpoints of last_seen, RTT and visibility to the database.
+    "HEARTBEAT_CHECKPOINT_INTERVAL": 5.0,
+    # Days closed sessions are kept; heartbeat_prune deletes older ones. None: forever.
+    "HEARTBEAT_SESSION_RETENTION_DAYS": 30,
     # Presence store: None follows the default channel layer (channels_redis: "redis",
     # else "memory"); or "memory", "redis", or a dotted path to a BaseStore subclass.
     "PRESENCE_STORE": None,

@@ -23,6 +23,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import conf, protocol
 from .presence import PresenceMixin
 from .protocol import CloseCode, ProtocolError
+from .recorder import get_recorder
 from .scheduler import get_scheduler
 from .signals import session_closed, session_opened, zombie_detected
 from .state import SessionState
@@ -264,7 +265,12 @@ class HeartbeatMixin(PresenceMixin):
         self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
         logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
         await self._heartbeat_signal(session_opened, session=session)
+        user = self.scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            session.extra["user_id"] = user.pk
         await self._presence_open(session)
+        get_recorder().opened(session, self._heartbeat_scheduler,
+                              getattr(self, "channel_name", "") or "")
 
     async def _heartbeat_end(self, code: int | None, reason: str | None = None) -> None:
         session = self.heartbeat_session
@@ -281,6 +287,7 @@ class HeartbeatMixin(PresenceMixin):
             "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
             session.close_code,
         )
+        get_recorder().closed(session)
         try:
             await self._presence_close(session)
         except Exception:
@@ -338,6 +345,7 @@ class HeartbeatMixin(PresenceMixin):
         await self.base_send({"type": "websocket.send", "text": protocol.dumps(message)})
 
     async def _heartbeat_send_probe(self, probe_id: str) -> None:
+        self.heartbeat_session.extra["last_probe_wall"] = time.time()
         await self._heartbeat_send(protocol.probe(probe_id))
 
     async def _heartbeat_zombie(self, silence: float) -> None:
@@ -355,6 +363,7 @@ class HeartbeatMixin(PresenceMixin):
             return
         session.close_code = int(CloseCode.HEARTBEAT_TIMEOUT)
         session.close_reason = REASON_TIMEOUT
+        session.extra["zombie_wall"] = time.time()
         await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
         try:
             await super().close(code=int(CloseCode.HEARTBEAT_TIMEOUT), reason="heartbeat timeout")
@@ -393,6 +402,7 @@ class HeartbeatMixin(PresenceMixin):
         session.probe_id = f"s{session.probes_sent}"
         session.probe_sent_raw = scheduler.clock()
         await self._heartbeat_send_probe(session.probe_id)
+        logger.info("heartbeat session %s probed on request", session.id)
 
 
 _layer_outage = {"on": False}

@@ -7,12 +7,14 @@ functions below, or their sync twins from views and the admin.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from . import conf
 from .state import SessionState
 from .tracker import get_store, get_tracker
 
@@ -60,6 +62,7 @@ class PresenceMixin:
         if getattr(self, "channel_layer", None) is None:
             logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
             return
+        session.extra["rooms"] = list(rooms)
         self._presence_tracker = get_tracker()
         await self._presence_tracker.join(self, session, rooms, self.get_presence_meta())
 
@@ -132,10 +135,12 @@ def _sync(coro_function):
     async def oneshot(*args):
         store = get_store()
         # A sync caller gets a store with clients of its own, closed at once, so
-        # no connection outlives the event loop async_to_sync made for it.
+        # no connection outlives the event loop async_to_sync made for it; and it
+        # never waits longer than the store timeout (the admin must not hang).
         own = store.fork() if hasattr(store, "fork") else store
         try:
-            return await coro_function(own, *args)
+            return await asyncio.wait_for(coro_function(own, *args),
+                                          conf.get("PRESENCE_STORE_TIMEOUT"))
         finally:
             if own is not store:
                 await own.close()

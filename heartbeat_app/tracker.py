@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import time
 import weakref
@@ -26,6 +25,7 @@ from channels.layers import get_channel_layer
 from django.utils.module_loading import import_string
 
 from . import conf
+from .instance import instance_id, started_at
 from .signals import member_joined, member_left
 from .store import CLOSED, BaseStore, Change, MemoryStore, StoreUnavailable, new_ref
 
@@ -116,8 +116,8 @@ class Tracker:
     def __init__(self, store: BaseStore | None = None, *, clock=time.monotonic):
         self.store = store or get_store()
         self.clock = clock
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.started_ms = int(time.time() * 1000)
+        self.instance = instance_id()
+        self.started_ms = int(started_at() * 1000)
         self.local: dict[str, _Local] = {}
         self.dirty: set[str] = set()
         self.diffs: dict[str, dict[str, dict]] = {}
@@ -218,7 +218,9 @@ class Tracker:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while self.local or self.diffs or self.unsynced_leaves:
+        # Runs for as long as the process does once it has had a session, so an
+        # idle process keeps beating and can still take the reaper's lease.
+        while True:
             await asyncio.sleep(conf.tick())
             try:
                 await self.step()

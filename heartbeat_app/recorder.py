@@ -1,0 +1,273 @@
+"""Session rows for the admin, written in bulk: one recorder per event loop.
+
+Opens and closes are queued and written at the next tick; every
+HEARTBEAT_CHECKPOINT_INTERVAL the recorder also writes ``last_seen``, RTT and
+visibility of all local sessions in one bulk update, and beats the process's
+ServerInstance row. A heartbeat never waits on the database. When the database
+is down, everything stays queued and catches up when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import weakref
+from datetime import UTC, datetime, timedelta
+
+from channels.db import database_sync_to_async
+from django.db import connection, transaction
+
+from . import conf
+from .instance import host, instance_id, started_at
+from .models import ServerInstance, Session, lost_before, zombie_grace
+from .state import SessionState
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FIELDS = [
+    "last_seen_at", "stale_after", "zombie_after", "rtt_ms", "rtt_avg_ms", "visible",
+    "frames_in", "probes_sent", "last_probe_at", "rooms",
+]
+CLOSE_FIELDS = CHECKPOINT_FIELDS + ["closed_at", "close_code", "close_reason",
+                                    "zombie_detected_at"]
+BATCH = 500
+# Closes kept while the database is down; beyond this the oldest are dropped.
+MAX_PENDING = 100_000
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+class Recorder:
+    """Writes the sessions of one event loop to the database, in bulk."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.local: dict[str, tuple[SessionState, object]] = {}
+        self.opens: dict[str, Session] = {}
+        self.closes: dict[str, Session] = {}
+        self.last_checkpoint = 0.0
+        self.failing = False
+        self.stats = {"flushes": 0, "failures": 0}
+        self._written: set[str] = set()
+        self._task: asyncio.Task | None = None
+
+    # Called by the mixin; O(1), no I/O -----------------------------------------
+
+    def opened(self, state: SessionState, scheduler, channel_name: str = "") -> None:
+        self.local[state.id] = (state, scheduler)
+        state.extra["channel"] = channel_name
+        self._ensure_running()
+
+    def closed(self, state: SessionState) -> None:
+        entry = self.local.pop(state.id, None)
+        scheduler = entry[1] if entry else None
+        row = self._row(state, scheduler)
+        row.closed_at = _dt(self.clock())
+        row.close_code = state.close_code
+        row.close_reason = state.close_reason
+        row.zombie_detected_at = _dt(state.extra.get("zombie_wall"))
+        self.closes[state.id] = row
+        if len(self.closes) > MAX_PENDING:
+            self.closes.pop(next(iter(self.closes)))
+        self._ensure_running()
+
+    # Rows ---------------------------------------------------------------------
+
+    def _row(self, state: SessionState, scheduler) -> Session:
+        now = self.clock()
+        silence = 0.0 if scheduler is None else max(0.0, scheduler.now() - state.last_heard)
+        seen = now - silence
+        grace = zombie_grace(state.interval, state.timeout)
+        return Session(
+            id=state.id,
+            user_id=state.extra.get("user_id"),
+            user_key=state.user_key,
+            rooms=" ".join(state.extra.get("rooms", ())),
+            tab=state.tab,
+            instance_id=instance_id(),
+            channel_name=state.extra.get("channel", ""),
+            path=state.path[:300],
+            client_addr=state.client,
+            user_agent=state.user_agent,
+            opened_at=_dt(state.opened_at),
+            last_seen_at=_dt(seen),
+            stale_after=None if state.interval is None else _dt(
+                seen + state.interval + state.phase),
+            zombie_after=None if grace is None else _dt(seen + grace),
+            interval=state.interval,
+            timeout=state.timeout,
+            rtt_ms=_ms(state.rtt),
+            rtt_avg_ms=_ms(state.rtt_avg),
+            visible=state.visible,
+            frames_in=state.frames_in,
+            probes_sent=state.probes_sent,
+            last_probe_at=_dt(state.extra.get("last_probe_wall")),
+        )
+
+    # The tick -------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if not conf.get("HEARTBEAT_RECORD_SESSIONS"):
+            self.local.clear()
+            self.closes.clear()
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        # Once a process has served a session it beats for as long as it runs,
+        # so an idle process never looks lost in the admin.
+        while True:
+            await asyncio.sleep(conf.tick())
+            try:
+                await self.step()
+            except Exception:
+                logger.exception("session recorder tick failed")
+
+    async def step(self, force: bool = False) -> None:
+        """Write what is due: new rows, closes, and the checkpoint when its time comes."""
+        now = self.clock()
+        checkpoint = force or now - self.last_checkpoint >= conf.get(
+            "HEARTBEAT_CHECKPOINT_INTERVAL")
+        new = [sid for sid in self.local if sid not in self._written]
+        if not (checkpoint or new or self.closes):
+            return
+        for sid in new:
+            state, scheduler = self.local[sid]
+            self.opens[sid] = self._row(state, scheduler)
+        updates = [self._row(state, scheduler) for sid, (state, scheduler)
+                   in self.local.items() if checkpoint and sid not in self.opens]
+        opens, closes = dict(self.opens), dict(self.closes)
+        try:
+            await database_sync_to_async(write)(
+                list(opens.values()), updates, list(closes.values()), len(self.local),
+                _dt(now))
+        except Exception as exc:
+            self.stats["failures"] += 1
+            if not self.failing:
+                self.failing = True
+                logger.warning("session rows not written, will retry: %r", exc)
+            return
+        if self.failing:
+            self.failing = False
+            logger.warning("session rows written again after an outage")
+        self.stats["flushes"] += 1
+        self._written.update(opens)
+        for sid in opens:
+            self.opens.pop(sid, None)
+        for sid in closes:
+            self.closes.pop(sid, None)
+            self._written.discard(sid)
+        if checkpoint:
+            self.last_checkpoint = now
+
+
+def write(opens: list[Session], updates: list[Session], closes: list[Session],
+          session_count: int, now: datetime) -> None:
+    """One transaction: beat the instance, create, checkpoint and close rows in bulk.
+
+    The number of queries depends on the batches, not on the number of sessions.
+    """
+    with transaction.atomic():
+        beat = ServerInstance.objects.filter(pk=instance_id()).update(
+            last_beat=now, session_count=session_count, stopped_at=None)
+        if not beat:
+            ServerInstance.objects.create(
+                id=instance_id(), host=host(), pid=os.getpid(),
+                started_at=_dt(started_at()), last_beat=now, session_count=session_count)
+        if opens:
+            Session.objects.bulk_create(opens, batch_size=BATCH, ignore_conflicts=True)
+        if updates:
+            checkpoint(updates)
+        if closes:
+            # A close may come before its open was ever written (a database outage).
+            Session.objects.bulk_create(closes, batch_size=BATCH, ignore_conflicts=True)
+            Session.objects.bulk_update(closes, CLOSE_FIELDS, batch_size=BATCH)
+        reconcile(now)
+
+
+# Checkpoint columns and their SQL types, for the one-statement update below.
+_COLUMNS = {
+    "last_seen_at": "timestamptz", "stale_after": "timestamptz", "zombie_after": "timestamptz",
+    "rtt_ms": "double precision", "rtt_avg_ms": "double precision", "visible": "boolean",
+    "frames_in": "integer", "probes_sent": "integer", "last_probe_at": "timestamptz",
+    "rooms": "text",
+}
+
+
+def checkpoint(rows: list[Session]) -> None:
+    """Update the checkpoint columns of many rows in ONE statement.
+
+    Django's bulk_update needs a query per ~47 rows on SQLite (999 parameters),
+    so its cost grows with the sessions; here the rows travel as one JSON
+    parameter that the database unpacks (json_each on SQLite, jsonb_to_recordset
+    on PostgreSQL). Other databases fall back to bulk_update.
+    """
+    vendor = connection.vendor
+    if vendor not in ("sqlite", "postgresql"):
+        Session.objects.bulk_update(rows, CHECKPOINT_FIELDS, batch_size=BATCH)
+        return
+    ops = connection.ops
+    payload = []
+    for row in rows:
+        item = {"id": row.id}
+        for name, kind in _COLUMNS.items():
+            value = getattr(row, name)
+            if kind == "timestamptz" and value is not None:
+                value = str(ops.adapt_datetimefield_value(value))
+            item[name] = value
+        payload.append(item)
+    table = connection.ops.quote_name(Session._meta.db_table)
+    sets = ", ".join(f"{connection.ops.quote_name(n)} = j.{n}" for n in _COLUMNS)
+    if vendor == "postgresql":
+        columns = ", ".join(f"{n} {t}" for n, t in [("id", "text"), *_COLUMNS.items()])
+        sql = (f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) "
+               f"AS j({columns}) WHERE {table}.id = j.id")
+    else:
+        picks = ", ".join(f"json_extract(value, '$.{n}') AS {n}"
+                          for n in ["id", *_COLUMNS])
+        sql = (f"UPDATE {table} SET {sets} FROM (SELECT {picks} FROM json_each(%s)) AS j "
+               f"WHERE {table}.id = j.id")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(payload)])
+
+
+def reconcile(now: datetime) -> int:
+    """Close the open rows of processes that are gone (``instance_lost``).
+
+    Runs with every write, so rows left open by a process that died while no
+    other process ran are closed out by the next process to start.
+    """
+    cutoff = lost_before(now)
+    lost = ServerInstance.objects.filter(last_beat__lt=cutoff, stopped_at__isnull=True)
+    closed = Session.objects.filter(closed_at__isnull=True).filter(
+        instance__in=lost).update(closed_at=now, close_code=1006, close_reason="instance_lost")
+    return closed
+
+
+_recorders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_recorder() -> Recorder:
+    """The recorder of the running event loop."""
+    loop = asyncio.get_running_loop()
+    recorder = _recorders.get(loop)
+    if recorder is None:
+        recorder = _recorders[loop] = Recorder()
+    return recorder
+
+
+def retention_cutoff(days: float, now: datetime | None = None) -> datetime:
+    """Closed sessions older than this are pruned."""
+    from django.utils import timezone
+
+    return (now or timezone.now()) - timedelta(days=days)

@@ -1,0 +1,305 @@
+"""The operators' view: rows made by driving real consumers, read through the admin."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from heartbeat_app import recorder as recorder_module
+from heartbeat_app import tracker
+from heartbeat_app.consumers import HeartbeatMixin
+from heartbeat_app.instance import instance_id
+from heartbeat_app.models import ServerInstance, Session
+from heartbeat_app.recorder import Recorder, write
+from heartbeat_app.scheduler import Scheduler, set_scheduler
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/admin/heartbeat_app/session/"
+
+
+class Room(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    heartbeat_interval = 10.0
+    heartbeat_timeout = 5.0
+    presence_rooms = ["ops"]
+
+
+class Clock:
+    """One fake time for the scheduler (monotonic) and the recorder (wall)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def mono(self):
+        return 1000.0 + self.offset
+
+    def wall(self):
+        return 1_800_000_000.0 + self.offset
+
+
+@pytest.fixture
+async def clock(settings):
+    settings.HEARTBEAT_RECORD_SESSIONS = True
+    settings.PRESENCE_STORE = "memory"
+    tracker.reset_store()
+    fake = Clock()
+    scheduler = Scheduler(clock=fake.mono, tick=1.0, rng=lambda: 0.0, autostart=False)
+    set_scheduler(scheduler)
+    fake.scheduler = scheduler
+    fake.recorder = Recorder(clock=fake.wall)
+    recorder_module._recorders[asyncio.get_running_loop()] = fake.recorder
+    yield fake
+    recorder_module._recorders.pop(asyncio.get_running_loop(), None)
+    set_scheduler(None)
+    tracker.reset_store()
+    # The test client keeps its thread's connection open; the test database must
+    # be droppable afterwards (PostgreSQL refuses while a session is connected).
+    await sync_to_async(connections.close_all)()
+
+
+async def open_session(tab, user=None):
+    communicator = WebsocketCommunicator(Room.as_asgi(), f"/ws/ops/?tab={tab}")
+    if user is not None:
+        communicator.scope["user"] = user
+    assert (await communicator.connect())[0]
+    hello = await communicator.receive_json_from()
+    await communicator.receive_json_from()  # presence_state
+    return communicator, hello["session"]
+
+
+async def four_statuses(clock):
+    """Sessions live, stale, zombie and closed, as of the last checkpoint."""
+    alice = await sync_to_async(User.objects.create_user)("alice")
+    live, live_id = await open_session("live", user=alice)
+    stale, stale_id = await open_session("stale")
+    zombie, zombie_id = await open_session("zombie")
+    gone, gone_id = await open_session("gone")
+    await gone.disconnect(code=1000)
+    clock.offset = 12.0  # past the interval (10 s) for everyone...
+    await live.send_json_to({"type": "ping", "id": 1})  # ...but the live one spoke
+    await live.receive_json_from()
+    clock.offset = 14.0
+    await stale.send_json_to({"type": "ping", "id": 1})
+    await stale.receive_json_from()
+    clock.offset = 25.0  # stale silent 11 s; zombie silent 25 s > 10 + 5
+    await live.send_json_to({"type": "ping", "id": 2})
+    await live.receive_json_from()
+    await clock.recorder.step(force=True)
+    ids = {"live": live_id, "stale": stale_id, "zombie": zombie_id, "closed": gone_id}
+    return ids, [live, stale, zombie]
+
+
+@pytest.fixture
+async def staff(async_client):
+    user = await sync_to_async(User.objects.create_superuser)("root", "r@example.com", "pw")
+    await sync_to_async(async_client.force_login)(user)
+    return async_client
+
+
+async def test_each_status_filter_shows_exactly_its_rows(clock, staff):
+    ids, open_ones = await four_statuses(clock)
+    # The checkpoint's own time stands for "now" on the server.
+    rows = await sync_to_async(list)(Session.objects.with_status().values_list("id", "status"))
+    assert dict(rows) == {v: k for k, v in ids.items()}
+    for status, session_id in ids.items():
+        response = await staff.get(URL, {"status": status})
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert session_id[:8] in page
+        for other, other_id in ids.items():
+            if other != status:
+                assert other_id[:8] not in page, (status, other)
+        assert f"{status} (1)" in page  # the filter shows its count
+    response = await staff.get(URL, {"q": "alice"})
+    assert ids["live"][:8] in response.content.decode()
+    assert ids["stale"][:8] not in response.content.decode()
+    for communicator in open_ones:
+        await communicator.disconnect()
+
+
+async def test_detail_page_tells_the_story(clock, staff):
+    communicator, session_id = await open_session("story")
+    clock.offset = 10.0
+    await clock.scheduler.step()  # probe
+    probe = await communicator.receive_json_from()
+    clock.offset = 10.2
+    await communicator.send_json_to({"type": "pong", "id": probe["id"]})
+    await asyncio.sleep(0.01)
+    await communicator.disconnect(code=1001)
+    await clock.recorder.step(force=True)
+    response = await staff.get(f"{URL}{session_id}/change/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "opened by anon:story" in page
+    assert "1 probe(s) sent" in page
+    assert "round trip 200.0 ms" in page
+    assert "ended: closed (code 1001, going away)" in page
+    row = await Session.objects.aget(pk=session_id)
+    assert row.rtt_ms == pytest.approx(200.0)
+    assert row.close_reason == "closed" and row.close_code == 1001
+
+
+async def test_zombie_close_is_recorded_as_timeout(clock, staff):
+    communicator, session_id = await open_session("zz")
+    for offset in (10.0, 15.0):
+        clock.offset = offset
+        await clock.scheduler.step()
+        await asyncio.sleep(0.01)
+    await clock.recorder.step(force=True)
+    row = await Session.objects.aget(pk=session_id)
+    assert (row.close_code, row.close_reason) == (4408, "timeout")
+    assert row.zombie_detected_at is not None
+    response = await staff.get(URL, {"status": "closed", "close_reason": "timeout"})
+    assert session_id[:8] in response.content.decode()
+    await communicator.disconnect()
+
+
+async def test_lost_instance_sessions_are_zombies_then_reconciled(clock, staff):
+    communicator, session_id = await open_session("lost")
+    await clock.recorder.step(force=True)
+    # Hand the row to another process that stopped beating (as if killed)...
+    old = timezone.now() - timedelta(minutes=5)
+    await ServerInstance.objects.acreate(id="dead-host:4242:abc", host="dead-host", pid=4242,
+                                         started_at=old, last_beat=old)
+    await Session.objects.filter(pk=session_id).aupdate(instance_id="dead-host:4242:abc")
+    # ...its rows are zombies...
+    response = await staff.get(URL, {"status": "zombie"})
+    assert session_id[:8] in response.content.decode()
+    response = await staff.get("/admin/heartbeat_app/serverinstance/")
+    assert "lost" in response.content.decode()
+    # ...until another process's write closes them out.
+    await sync_to_async(write)([], [], [], 0, timezone.now())
+    row = await Session.objects.aget(pk=session_id)
+    assert (row.close_reason, row.close_code) == ("instance_lost", 1006)
+    await communicator.disconnect()
+
+
+async def test_non_staff_and_unprivileged_staff_are_refused(clock, async_client):
+    ids, open_ones = await four_statuses(clock)
+    plain = await sync_to_async(User.objects.create_user)("plain", password="pw")
+    await sync_to_async(async_client.force_login)(plain)
+    response = await async_client.get(URL)
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    viewer = await sync_to_async(User.objects.create_user)("viewer", is_staff=True)
+    view = await Permission.objects.aget(codename="view_session",
+                                         content_type__app_label="heartbeat_app")
+    await sync_to_async(viewer.user_permissions.add)(view)
+    await sync_to_async(async_client.force_login)(viewer)
+    response = await async_client.get(URL)
+    assert response.status_code == 200
+    assert "disconnect_sessions" not in response.content.decode()
+    response = await async_client.post(URL, {"action": "disconnect_sessions",
+                                             "_selected_action": [ids["live"]]})
+    # Django refuses an action the user has no permission for.
+    assert response.status_code in (200, 302)
+    nobody = await sync_to_async(User.objects.create_user)("nobody", is_staff=True)
+    await sync_to_async(async_client.force_login)(nobody)
+    assert (await async_client.get(URL)).status_code == 403
+    for communicator in open_ones:
+        await communicator.disconnect()
+
+
+async def test_disconnect_action_closes_the_consumer_with_4000(clock, staff):
+    communicator, session_id = await open_session("kick")
+    await clock.recorder.step(force=True)
+    response = await staff.post(URL, {"action": "disconnect_sessions",
+                                      "_selected_action": [session_id]})
+    assert response.status_code == 302
+    closed = await communicator.receive_output(timeout=2)
+    assert closed["type"] == "websocket.close" and closed["code"] == 4000
+    await communicator.disconnect(code=4000)
+    await clock.recorder.step(force=True)
+    row = await Session.objects.aget(pk=session_id)
+    assert (row.close_code, row.close_reason) == (4000, "admin")
+
+
+async def test_probe_action_sends_a_server_ping(clock, staff):
+    communicator, session_id = await open_session("probe")
+    await clock.recorder.step(force=True)
+    response = await staff.post(URL, {"action": "probe_sessions",
+                                      "_selected_action": [session_id]})
+    assert response.status_code == 302
+    probe = await communicator.receive_json_from(timeout=2)
+    assert probe["type"] == "ping"
+    clock.offset = 0.05
+    await communicator.send_json_to({"type": "pong", "id": probe["id"]})
+    await asyncio.sleep(0.01)
+    await clock.recorder.step(force=True)
+    row = await Session.objects.aget(pk=session_id)
+    assert row.rtt_ms == pytest.approx(50.0)
+    assert row.last_probe_at is not None
+    await communicator.disconnect()
+
+
+async def test_presence_overview_lists_rooms_and_members(clock, staff):
+    communicator, session_id = await open_session("pres")
+    response = await staff.get("/admin/heartbeat_app/presenceroom/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert 'href="?room=ops"' in page
+    response = await staff.get("/admin/heartbeat_app/presenceroom/", {"room": "ops"})
+    assert "anon:pres" in response.content.decode()
+    assert session_id[:8] in response.content.decode()
+    await communicator.disconnect()
+
+
+async def test_presence_overview_says_when_the_store_is_down(clock, staff, settings):
+    settings.PRESENCE_STORE = "redis"
+    settings.PRESENCE_REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.PRESENCE_STORE_TIMEOUT = 0.5
+    tracker.reset_store()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await staff.get("/admin/heartbeat_app/presenceroom/")
+    assert response.status_code == 200
+    assert "The presence store did not answer" in response.content.decode()
+    assert loop.time() - started < 5
+
+
+def test_checkpoint_queries_do_not_grow_with_sessions(db):
+    def rows(n, prefix):
+        now = timezone.now()
+        return [Session(id=f"{prefix}{i:0{32 - len(prefix)}d}", user_key=f"anon:{i}", tab=str(i),
+                        instance_id=instance_id(), opened_at=now, last_seen_at=now)
+                for i in range(n)]
+
+    counts = {}
+    for n in (10, 400):
+        new = rows(n, f"n{n}")
+        write(new, [], [], n, timezone.now())
+        later = timezone.now() + timedelta(seconds=7)
+        for row in new:
+            row.last_seen_at, row.rtt_ms, row.visible, row.rooms = later, 12.5, False, "a b"
+        with CaptureQueriesContext(connection) as captured:
+            write([], new, [], n, timezone.now())
+        counts[n] = len(captured)
+        stored = Session.objects.get(pk=new[-1].pk)
+        assert (stored.last_seen_at, stored.rtt_ms, stored.visible, stored.rooms) == (
+            later, 12.5, False, "a b")
+    print(f"\n[recorder] queries per checkpoint: {counts[10]} at 10 sessions, "
+          f"{counts[400]} at 400")
+    assert counts[10] == counts[400]
+
+
+def test_prune_deletes_old_closed_rows_in_batches(db):
+    now = timezone.now()
+    old = now - timedelta(days=40)
+    Session.objects.bulk_create(
+        [Session(id=f"old{i:029d}", user_key="k", tab="t", opened_at=old, last_seen_at=old,
+                 closed_at=old) for i in range(25)]
+        + [Session(id=f"new{i:029d}", user_key="k", tab="t", opened_at=now, last_seen_at=now,
+                   closed_at=now) for i in range(5)]
+        + [Session(id=f"open{i:028d}", user_key="k", tab="t", opened_at=old, last_seen_at=old)
+           for i in range(3)]
+    )
+    call_command("heartbeat_prune", "--days", "30", "--batch-size", "10")
+    assert Session.objects.filter(id__startswith="old").count() == 0
+    assert Session.objects.count() == 8
