@@ -43,6 +43,10 @@ def badge(status: str):
         "{}</span>", status, COLOURS.get(status, "#6e7781"), status)
 
 
+def _when(moment):
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "–"
+
+
 class StatusFilter(admin.SimpleListFilter):
     """``?status=live|stale|zombie|closed``, with the number of sessions in each."""
 
@@ -79,7 +83,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Session)
 class SessionAdmin(ReadOnlyAdmin):
     list_display = ("short_id", "status_badge", "member", "rooms", "tab", "instance",
-                    "opened_at", "last_seen_at", "rtt", "visibility", "close_code",
+                    "opened", "last_seen", "rtt", "visibility", "close_code",
                     "close_reason")
     list_filter = (StatusFilter, "close_reason", "instance")
     ordering = ("-opened_at",)
@@ -116,6 +120,18 @@ class SessionAdmin(ReadOnlyAdmin):
     @admin.display(description="member", ordering="user_key")
     def member(self, obj):
         return str(obj.user) if obj.user_id and obj.user else obj.user_key
+
+    @admin.display(description="opened", ordering="opened_at")
+    def opened(self, obj):
+        return _when(obj.opened_at)
+
+    @admin.display(description="last seen", ordering="last_seen_at")
+    def last_seen(self, obj):
+        text = _when(obj.last_seen_at)
+        if obj.closed_at is None:
+            ago = (timezone.now() - obj.last_seen_at).total_seconds()
+            text = f"{text} ({ago:.0f} s ago)"
+        return text
 
     @admin.display(description="RTT", ordering="rtt_ms")
     def rtt(self, obj):

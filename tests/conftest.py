@@ -52,3 +52,20 @@ def migrated_db(tmp_path_factory):
         cwd=ROOT, check=True, timeout=120, env={**os.environ, **server_env(url)},
     )
     return url
+
+
+ADMIN_USER, ADMIN_PASSWORD = "ops", "ops-pass"
+
+
+@pytest.fixture
+def admin_db(migrated_db):
+    """The e2e database, with a superuser ``ops`` (password ``ops-pass``)."""
+    from tests.servers import ROOT, server_env
+
+    code = ("from django.contrib.auth.models import User;"
+            f"User.objects.filter(username='{ADMIN_USER}').exists() or "
+            f"User.objects.create_superuser('{ADMIN_USER}', 'ops@example.com', "
+            f"'{ADMIN_PASSWORD}')")
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
+                   env={**os.environ, **server_env(migrated_db)}, check=True, timeout=60)
+    return migrated_db

@@ -5,8 +5,6 @@ import http.cookiejar
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ROOT, ServerProcess, server_env
+from tests.servers import ServerProcess, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -48,17 +46,6 @@ class AdminBrowser:
         page = self.post("/admin/login/?next=/admin/",
                          {"username": username, "password": password, "next": "/admin/"})
         assert "Log out" in page or "logout" in page, page[:500]
-
-
-@pytest.fixture
-def admin_db(migrated_db):
-    env = {**os.environ, **server_env(migrated_db)}
-    code = ("from django.contrib.auth.models import User;"
-            "User.objects.filter(username='ops').exists() or "
-            "User.objects.create_superuser('ops', 'ops@example.com', 'ops-pass')")
-    subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=env,
-                   check=True, timeout=60)
-    return migrated_db
 
 
 async def test_disconnect_action_reaches_a_session_on_another_process(admin_db, redis_url,
