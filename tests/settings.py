@@ -1,11 +1,11 @@
 """Test settings: the demo's, with an in-memory layer and database."""
 
-from project.settings import *  # noqa: F403
-
 import os  # noqa: E402
 import tempfile  # noqa: E402
 
 import dj_database_url  # noqa: E402
+
+from project.settings import *  # noqa: F403
 
 # DATABASE_URL runs the database tests against that server (CI: PostgreSQL too).
 DATABASES = {"default": (
