@@ -41,6 +41,7 @@ REASON_SERVER_CLOSED = "server_closed"
 REASON_ADMIN = "admin"
 REASON_RATE_LIMITED = "rate_limited"
 REASON_SERVER_ERROR = "server_error"
+REASON_SERVER_SHUTDOWN = "server_shutdown"
 
 _REASON_BY_SERVER_CODE = {
     CloseCode.HEARTBEAT_TIMEOUT: REASON_TIMEOUT,
@@ -134,8 +135,12 @@ class HeartbeatMixin(PresenceMixin):
                 raise item
             return item
 
+        cancelled = False
         try:
             await super().__call__(scope, receive_from_inbox, send)
+        except asyncio.CancelledError:
+            cancelled = True  # the server is shutting down (or dropped the app)
+            raise
         finally:
             pump.cancel()
             try:
@@ -145,7 +150,10 @@ class HeartbeatMixin(PresenceMixin):
             session = self.heartbeat_session
             if session is not None and not session.closed:
                 # The consumer stopped without a disconnect: it raised, or was cancelled.
-                await self._heartbeat_end(CloseCode.INTERNAL_ERROR, REASON_SERVER_ERROR)
+                if cancelled:
+                    await self._heartbeat_end(CloseCode.GOING_AWAY, REASON_SERVER_SHUTDOWN)
+                else:
+                    await self._heartbeat_end(CloseCode.INTERNAL_ERROR, REASON_SERVER_ERROR)
 
     async def _heartbeat_pump(self, receive, inbox: asyncio.Queue) -> None:
         try:

@@ -490,3 +490,21 @@ async def test_a_consumer_that_crashes_ends_its_session(clock):
         assert not clock.scheduler.sessions
     finally:
         signals.session_closed.disconnect(on_closed)
+
+
+async def test_a_cancelled_consumer_ends_its_session_as_a_shutdown(clock):
+    reasons = []
+
+    def on_closed(sender, session, code, reason, **kwargs):
+        reasons.append((code, reason))
+
+    signals.session_closed.connect(on_closed)
+    try:
+        communicator, _, _ = await open_session()
+        communicator.future.cancel()  # what the server does to its apps on shutdown
+        with pytest.raises(asyncio.CancelledError):
+            await communicator.future
+        assert reasons == [(1001, "server_shutdown")]
+        assert not clock.scheduler.sessions
+    finally:
+        signals.session_closed.disconnect(on_closed)
