@@ -10,6 +10,10 @@
 (function (root) {
   "use strict";
 
+  // Loaded twice (a classic <script> and then the module, whose import runs this file again):
+  // keep the first class, so instances and `instanceof` agree across both forms.
+  if (root.HeartbeatSocket && root.HeartbeatSocket.backoff) return;
+
   var DEFAULTS = {
     protocols: undefined,      // WebSocket subprotocols
     connectTimeout: 10000,     // ms from `new WebSocket()` to the server's hello
