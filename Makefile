@@ -16,6 +16,7 @@ run: setup migrate
 
 test: setup
 	scripts/ensure-redis.sh
+	node --test tests/js/
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: system-deps $(VENV)/.installed
