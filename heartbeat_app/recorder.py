@@ -9,12 +9,10 @@ is down, everything stays queued and catches up when it is back.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import time
-import weakref
 from datetime import UTC, datetime, timedelta
 
 from channels.db import database_sync_to_async
@@ -22,6 +20,7 @@ from django.db import connection, transaction
 
 from . import conf
 from .instance import host, instance_id, started_at
+from .loops import PerLoop, Ticking
 from .models import ServerInstance, Session, lost_before, zombie_grace
 from .state import SessionState
 
@@ -46,7 +45,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-class Recorder:
+class Recorder(Ticking):
     """Writes the sessions of one event loop to the database, in bulk."""
 
     def __init__(self, clock=time.time):
@@ -58,7 +57,6 @@ class Recorder:
         self.failing = False
         self.stats = {"flushes": 0, "failures": 0}
         self._written: set[str] = set()
-        self._task: asyncio.Task | None = None
 
     # Called by the mixin; O(1), no I/O -----------------------------------------
 
@@ -120,18 +118,7 @@ class Recorder:
             self.local.clear()
             self.closes.clear()
             return
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        # Once a process has served a session it beats for as long as it runs,
-        # so an idle process never looks lost in the admin.
-        while True:
-            await asyncio.sleep(conf.tick())
-            try:
-                await self.step()
-            except Exception:
-                logger.exception("session recorder tick failed")
+        super()._ensure_running()
 
     async def step(self, force: bool = False) -> None:
         """Write what is due: new rows, closes, and the checkpoint when its time comes."""
@@ -254,16 +241,12 @@ def reconcile(now: datetime) -> int:
     return closed
 
 
-_recorders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+recorders: PerLoop[Recorder] = PerLoop(Recorder)
 
 
 def get_recorder() -> Recorder:
     """The recorder of the running event loop."""
-    loop = asyncio.get_running_loop()
-    recorder = _recorders.get(loop)
-    if recorder is None:
-        recorder = _recorders[loop] = Recorder()
-    return recorder
+    return recorders.get()
 
 
 def retention_cutoff(days: float, now: datetime | None = None) -> datetime:

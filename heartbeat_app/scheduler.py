@@ -21,10 +21,10 @@ import itertools
 import logging
 import random
 import time
-import weakref
 from collections.abc import Callable
 
 from . import conf
+from .loops import PerLoop
 from .state import SessionState
 
 logger = logging.getLogger(__name__)
@@ -204,22 +204,14 @@ class Scheduler:
                 pass
 
 
-_schedulers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+schedulers: PerLoop[Scheduler] = PerLoop(Scheduler)
 
 
 def get_scheduler() -> Scheduler:
     """The scheduler of the running event loop, created on first use."""
-    loop = asyncio.get_running_loop()
-    scheduler = _schedulers.get(loop)
-    if scheduler is None:
-        scheduler = _schedulers[loop] = Scheduler()
-    return scheduler
+    return schedulers.get()
 
 
 def set_scheduler(scheduler: Scheduler | None) -> None:
     """Install a scheduler for the running loop (tests inject a fake clock this way)."""
-    loop = asyncio.get_running_loop()
-    if scheduler is None:
-        _schedulers.pop(loop, None)
-    else:
-        _schedulers[loop] = scheduler
+    schedulers.set(scheduler)

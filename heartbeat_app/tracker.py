@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import time
-import weakref
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -26,6 +25,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .instance import instance_id, started_at
+from .loops import PerLoop, Ticking
 from .signals import member_joined, member_left
 from .store import CLOSED, BaseStore, Change, MemoryStore, StoreUnavailable, new_ref
 
@@ -110,7 +110,7 @@ class _Local:
         self.reason = CLOSED
 
 
-class Tracker:
+class Tracker(Ticking):
     """Presence of every session on one event loop."""
 
     def __init__(self, store: BaseStore | None = None, *, clock=time.monotonic):
@@ -127,7 +127,6 @@ class Tracker:
         self.last_reap = 0.0
         self.last_broadcast = 0.0
         self.stats = {"ticks": 0, "store_calls": 0, "broadcasts": 0, "outages": 0}
-        self._task: asyncio.Task | None = None
 
     # Settings, read each time so override_settings works -------------------
 
@@ -212,20 +211,6 @@ class Tracker:
             self._ensure_running()
 
     # The tick ----------------------------------------------------------------
-
-    def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        # Runs for as long as the process does once it has had a session, so an
-        # idle process keeps beating and can still take the reaper's lease.
-        while True:
-            await asyncio.sleep(conf.tick())
-            try:
-                await self.step()
-            except Exception:
-                logger.exception("presence tick failed")
 
     async def step(self) -> None:
         """One tick of presence work."""
@@ -389,13 +374,13 @@ async def discard_channels(layer, channel_prefix: str) -> int:
     return removed
 
 
-_trackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+trackers: PerLoop[Tracker] = PerLoop(Tracker)
 
 
 def get_tracker() -> Tracker:
     """The tracker of the running event loop, created on first use."""
-    loop = asyncio.get_running_loop()
-    tracker = _trackers.get(loop)
-    if tracker is None or tracker.store is not get_store():
-        tracker = _trackers[loop] = Tracker()
+    tracker = trackers.get()
+    if tracker.store is not get_store():  # the settings changed the store
+        tracker = Tracker()
+        trackers.set(tracker)
     return tracker

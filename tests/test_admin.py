@@ -55,9 +55,9 @@ async def clock(settings):
     set_scheduler(scheduler)
     fake.scheduler = scheduler
     fake.recorder = Recorder(clock=fake.wall)
-    recorder_module._recorders[asyncio.get_running_loop()] = fake.recorder
+    recorder_module.recorders.set(fake.recorder)
     yield fake
-    recorder_module._recorders.pop(asyncio.get_running_loop(), None)
+    recorder_module.recorders.set(None)
     set_scheduler(None)
     tracker.reset_store()
     # The test client keeps its thread's connection open; the test database must
