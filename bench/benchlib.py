@@ -1,0 +1,292 @@
+"""Shared helpers of the benchmarks: servers pinned to a CPU, client processes, results, docs.
+
+Method (the same as the measured limits the targets come from): the server under test
+runs pinned to CPU 0 (``taskset -c 0``), load clients to CPU 1; server CPU is read from
+/proc (psutil user+sys) over the measurement window; ratios are measured side by side
+in one run, because the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+IMG = ROOT / "docs" / "img"
+PY = sys.executable
+HOST = "127.0.0.1"
+REDIS_URL = "redis://127.0.0.1:6379/12"  # database 12; every key starts with "hbbench"
+SERVER_CPU, CLIENT_CPU = 0, 1
+NOFILE = 20000
+
+sys.path[:0] = [str(ROOT), str(BENCH)]
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(NOFILE, hard), hard))
+
+
+class Workdir:
+    """A temporary folder with a migrated SQLite database for the servers of one run."""
+
+    def __init__(self, name: str):
+        self.path = Path(tempfile.mkdtemp(prefix=f"hbbench-{name}-"))
+        self.database_url = f"sqlite:///{self.path / 'db.sqlite3'}"
+        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT,
+                       check=True, timeout=300, env=self.env({}))
+
+    def env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)]),
+               "DJANGO_SETTINGS_MODULE": "benchproj.settings",
+               "DATABASE_URL": self.database_url,
+               "ALLOWED_HOSTS": "127.0.0.1,localhost",
+               "PYTHONUNBUFFERED": "1",
+               "REDIS_URL": "",
+               "HEARTBEAT_RATE_LIMIT": "off",
+               "PRESENCE_KEY_PREFIX": "hbbench:presence",
+               "BENCH_LAYER_PREFIX": "hbbench:asgi"}
+        env.update(extra)
+        return env
+
+
+class Server:
+    """One server process (daphne, uvicorn, or the pure websockets server), pinned to a CPU."""
+
+    def __init__(self, work: Workdir, kind: str, env: dict[str, str] | None = None, *,
+                 name: str = "server", cpu: int | None = SERVER_CPU, port: int | None = None):
+        self.work, self.kind, self.name, self.cpu = work, kind, name, cpu
+        self.port = port or free_port()
+        self.env = work.env(env or {})
+        self.log_path = work.path / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        self.ps: psutil.Process | None = None
+
+    def command(self) -> list[str]:
+        app = "benchproj.asgi:application"
+        if self.kind == "daphne":
+            cmd = [PY, "-m", "daphne", "-v", "0", "-e",
+                   f"tcp:port={self.port}:interface={HOST}:backlog=2048", app]
+        elif self.kind == "uvicorn":
+            cmd = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port),
+                   "--backlog", "2048", "--log-level", "warning"]
+        elif self.kind == "wslib":
+            cmd = [PY, str(BENCH / "wsserver.py"), HOST, str(self.port)]
+        else:
+            raise ValueError(self.kind)
+        if self.cpu is not None:
+            cmd = ["taskset", "-c", str(self.cpu), *cmd]
+        return cmd
+
+    def start(self) -> Server:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, preexec_fn=_raise_nofile)
+        log.close()
+        if not wait_for_port(HOST, self.port) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
+        self.ps = psutil.Process(self.proc.pid)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def client_command(script: str, *args, cpu: int | None = CLIENT_CPU) -> list[str]:
+    cmd = [PY, str(BENCH / script), *map(str, args)]
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+
+
+def spawn_client(script: str, *args, cpu: int | None = CLIENT_CPU, **kw) -> subprocess.Popen:
+    """A client process that reads commands on stdin and writes JSON lines on stdout."""
+    return subprocess.Popen(client_command(script, *args, cpu=cpu), cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            bufsize=1, preexec_fn=_raise_nofile, **kw)
+
+
+def read_json_line(proc: subprocess.Popen) -> dict:
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"client exited with {proc.wait()}")
+    return json.loads(line)
+
+
+def pct(values, p: float) -> float | None:
+    """The p-th percentile (nearest rank) of values, or None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def median(values):
+    return pct(values, 50)
+
+
+# Redis ------------------------------------------------------------------------
+
+def redis_client():
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def redis_cleanup() -> int:
+    """Delete every key this benchmark suite writes (prefix hbbench, database 12)."""
+    r = redis_client()
+    keys = list(r.scan_iter(match="hbbench*", count=1000))
+    for i in range(0, len(keys), 1000):
+        r.delete(*keys[i:i + 1000])
+    r.close()
+    return len(keys)
+
+
+# Facts, results, docs, plots ---------------------------------------------------
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("Django", "channels", "channels-redis", "daphne", "uvicorn", "websockets",
+                 "redis", "Twisted"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        versions["Redis server"] = redis_client().info("server")["redis_version"]
+    except Exception:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cpus": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "versions": versions, "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def machine_line(m: dict) -> str:
+    v = ", ".join(f"{k} {x}" for k, x in m["versions"].items())
+    return (f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, {m['ram_gib']} GiB RAM, "
+            f"Linux {m['kernel']}, CPython {m['python']}; {v}. Load average at the start: "
+            f"{' / '.join(map(str, m['loadavg']))} (the machine is shared: other work ran "
+            f"beside these runs).")
+
+
+def save_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def update_doc(name: str, body: str) -> None:
+    """Replace the section between this benchmark's markers in docs/benchmarks.md."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def plot_path(name: str) -> Path:
+    IMG.mkdir(parents=True, exist_ok=True)
+    return IMG / f"bench-{name}.png"
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 9})
+    return plt
+
+
+def fmt(x, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    if digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
