@@ -290,3 +290,39 @@ def fmt(x, digits: int = 0) -> str:
     if digits == 0:
         return f"{x:,.0f}"
     return f"{x:,.{digits}f}"
+
+
+class LoadClient:
+    """A bench/loadclient.py process, driven line by line."""
+
+    def __init__(self, cpu: int | None = CLIENT_CPU, **cfg):
+        self.proc = spawn_client("loadclient.py", json.dumps(cfg), cpu=cpu)
+
+    def cmd(self, line: str) -> dict:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return read_json_line(self.proc)
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def read(self) -> dict:
+        return read_json_line(self.proc)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def connect_all(clients: list[LoadClient]) -> list[dict]:
+    """Send connect to every client process at once and gather the answers."""
+    for c in clients:
+        c.send("connect")
+    return [c.read() for c in clients]

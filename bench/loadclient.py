@@ -1,0 +1,186 @@
+"""A load-client process: holds many raw WebSocket connections, driven by commands on stdin.
+
+Started by the benchmarks with one JSON argument; answers each command line with one
+JSON line on stdout. Connections answer the mixin's server probes (so they are idle but
+healthy), can be muted all at once (a frozen client: nothing sent, still reading), and
+can reconnect with the bundled JS client's backoff after losing the server.
+
+Commands: connect | mute | report | stats | quit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+
+import rawws
+
+
+def backoff(attempt: int, base=1.0, low=0.5, high=30.0) -> float:
+    """The bundled client's delay (heartbeat.js ``backoff``), in seconds: full jitter."""
+    if attempt <= 0:
+        return random.random() * base
+    cap = min(high, base * 2 ** min(attempt, 30))
+    floor = min(low, cap)
+    return floor + random.random() * (cap - floor)
+
+
+class Load:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.host = cfg.get("host", "127.0.0.1")
+        self.port = cfg["port"]
+        self.source = cfg.get("source")
+        self.clients: list[rawws.Client | None] = [None] * cfg["count"]
+        self.last_sent = [0.0] * cfg["count"]
+        self.sessions = [""] * cfg["count"]
+        self.closes: dict[int, int] = {}
+        self.errors: dict[str, int] = {}
+        self.probes = 0
+        self.arrivals: list[float] = []
+        self.failures: list[float] = []
+        self.connect_ms: list[float] = []
+        self.muted = False
+        self.lost_count = 0
+        self.sem = asyncio.Semaphore(cfg.get("inflight", 50))
+        self.rtts: list[tuple[float, float]] = []
+
+    def path(self, i):
+        return self.cfg["path"].format(room=(self.cfg.get("offset", 0) + i) //
+                                       self.cfg.get("per_room", 100))
+
+    def on_text(self, client, payload):
+        if b'"ping"' in payload and not client.muted:
+            message = json.loads(payload)
+            if message.get("type") == "ping":
+                client.send_text(json.dumps({"type": "pong", "id": message.get("id")}))
+                self.last_sent[client.index] = client.last_sent
+                self.probes += 1
+        elif b'"hello"' in payload:
+            self.sessions[client.index] = json.loads(payload).get("session", "")
+
+    def on_close(self, client):
+        code = client.close_code if client.close_code is not None else 1006
+        self.closes[code] = self.closes.get(code, 0) + 1
+        if self.cfg.get("reconnect") and not self.muted:
+            self.lost_count += 1
+            asyncio.ensure_future(self.reconnect(client.index))
+
+    async def open_one(self, i):
+        def make(*args, **kwargs):
+            client = rawws.Client(*args, **kwargs)
+            client.index, client.muted = i, self.muted
+            return client
+
+        t = time.perf_counter()
+        client = await rawws.connect(self.host, self.port, self.path(i), source=self.source,
+                                     on_text=self.on_text, on_close=self.on_close,
+                                     factory=make, timeout=self.cfg.get("timeout", 30.0))
+        self.connect_ms.append((time.perf_counter() - t) * 1000)
+        self.clients[i] = client
+        self.last_sent[i] = time.time()
+        return client
+
+    async def connect_all(self):
+        async def one(i):
+            async with self.sem:
+                try:
+                    await self.open_one(i)
+                except Exception as exc:
+                    key = str(exc)[:60] or type(exc).__name__
+                    self.errors[key] = self.errors.get(key, 0) + 1
+
+        t0 = time.time()
+        await asyncio.gather(*(one(i) for i in range(len(self.clients))))
+        ok = sum(1 for c in self.clients if c is not None and c.is_open)
+        return {"event": "connected", "ok": ok, "failed": len(self.clients) - ok,
+                "errors": self.errors, "t0": t0, "t1": time.time(),
+                "connect_ms": self.connect_ms}
+
+    async def reconnect(self, i):
+        attempt = 0
+        while True:
+            await asyncio.sleep(backoff(attempt))
+            try:
+                await self.open_one(i)
+            except Exception as exc:
+                self.failures.append(time.time())
+                key = str(exc)[:60] or type(exc).__name__
+                self.errors[key] = self.errors.get(key, 0) + 1
+                attempt += 1
+                continue
+            self.arrivals.append(time.time())
+            return
+
+    async def pinger(self, every: float):
+        """One connection pinging every ``every`` s; records (send time, RTT)."""
+        path = self.cfg.get("pinger_path", "/ws/bare/")
+        state = {}
+
+        def on_text(client, payload):
+            if b'"pong"' in payload and "t" in state:
+                self.rtts.append((state["wall"], time.perf_counter() - state.pop("t")))
+
+        client = None
+        while True:
+            if client is None or not client.is_open:
+                state.pop("t", None)
+                try:
+                    client = await rawws.connect(self.host, self.port, path, on_text=on_text,
+                                                 timeout=5)
+                except Exception:
+                    client = None
+                    await asyncio.sleep(0.1)
+                    continue
+            if "t" in state and time.perf_counter() - state["t"] > 10:
+                self.rtts.append((state["wall"], float("nan")))  # lost; counted as a gap
+                state.pop("t")
+            if "t" not in state:
+                state["t"], state["wall"] = time.perf_counter(), time.time()
+                client.send(rawws.PING)
+            await asyncio.sleep(every)
+
+
+async def main(cfg):
+    load = Load(cfg)
+    if cfg.get("pinger"):
+        asyncio.ensure_future(load.pinger(cfg.get("ping_every", 0.05)))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if not line or line == "quit":
+            break
+        if line == "connect":
+            reply(await load.connect_all())
+        elif line == "mute":
+            load.muted = True
+            for c in load.clients:
+                if c is not None:
+                    c.muted = True
+            reply({"event": "muted", "t": time.time()})
+        elif line == "report":
+            reply({"event": "report", "last_sent": load.last_sent, "sessions": load.sessions,
+                   "closed_at": [c.closed_at if c else None for c in load.clients],
+                   "close_code": [c.close_code if c else None for c in load.clients]})
+        elif line == "stats":
+            reply({"event": "stats", "open": sum(1 for c in load.clients if c and c.is_open),
+                   "closes": load.closes, "probes": load.probes, "errors": load.errors,
+                   "arrivals": load.arrivals, "failures": load.failures,
+                   "lost": load.lost_count, "rtts": load.rtts})
+    for c in load.clients:
+        if c is not None and c.transport is not None:
+            c.transport.abort()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))
