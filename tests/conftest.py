@@ -69,3 +69,19 @@ def admin_db(migrated_db):
     subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
                    env={**os.environ, **server_env(migrated_db)}, check=True, timeout=60)
     return migrated_db
+
+
+@pytest.fixture
+def shots(tmp_path):
+    """Where screenshots go: docs/img/ with HEARTBEAT_UPDATE_SCREENSHOTS=1, else a tmp dir.
+
+    The docs' pictures are refreshed on purpose, never as a side effect of a test run.
+    """
+    from tests.servers import ROOT
+
+    if os.environ.get("HEARTBEAT_UPDATE_SCREENSHOTS") == "1":
+        path = ROOT / "docs" / "img"
+    else:
+        path = tmp_path / "img"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -5,7 +5,8 @@ Chromium is launched by the test and driven over CDP with Playwright's
 "visible", this way minimising a window really hides the page (timer throttling
 included). Each page gets a window of its own, so hiding one leaves the others visible.
 A frozen peer is a TCP proxy that stops forwarding bytes while keeping both sockets open.
-Figures are printed; run with ``-s`` to see them. Screenshots go to docs/img/.
+Figures are printed; run with ``-s`` to see them. Screenshots go to docs/img/ with
+HEARTBEAT_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, ServerProcess, free_port, server_env
+from tests.servers import ServerProcess, free_port, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -27,7 +28,6 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--disable-dev-shm-usage", "--disable-quic"]
-SHOTS = ROOT / "docs" / "img"
 VIEWPORT = {"width": 1100, "height": 560}
 INTERVAL, TIMEOUT = 1.0, 1.0  # the module server's heartbeat, in seconds
 MEMBERS = "document.querySelectorAll('#hb-presence li[data-member]').length"
@@ -260,7 +260,7 @@ def test_second_page_appears_in_presence_and_leaves_when_closed(server, pages):
 
 
 def test_hidden_page_shows_hidden_and_becoming_visible_sends_a_probe(
-        migrated_db, tmp_path, chromium, pages):
+        migrated_db, tmp_path, chromium, pages, shots):
     # A 30 s interval: any ping seen right after the page shows again is the probe.
     slow = ServerProcess(tmp_path, server_env(
         migrated_db, HEARTBEAT_INTERVAL="30", HEARTBEAT_TIMEOUT="10")).start()
@@ -281,8 +281,7 @@ def test_hidden_page_shows_hidden_and_becoming_visible_sends_a_probe(
         seen_hidden = time.monotonic() - hidden_at
         chat(watcher, "Try hiding this tab: the list shows who is looking.")
         watcher.wait_for_selector("#hb-chat li.mine")
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        watcher.screenshot(path=str(SHOTS / "demo.png"))
+        watcher.screenshot(path=str(shots / "demo.png"))
 
         shown_at = time.monotonic()
         chromium.set_visible(watched, True)
@@ -301,7 +300,7 @@ def test_hidden_page_shows_hidden_and_becoming_visible_sends_a_probe(
 
 
 def test_server_killed_and_restarted_reconnects_and_restores_presence(
-        migrated_db, tmp_path, pages):
+        migrated_db, tmp_path, pages, shots):
     env = server_env(migrated_db, HEARTBEAT_INTERVAL=str(INTERVAL),
                      HEARTBEAT_TIMEOUT=str(TIMEOUT))
     first_server = ServerProcess(tmp_path, env, name="before").start()
@@ -323,7 +322,7 @@ def test_server_killed_and_restarted_reconnects_and_restores_presence(
             "/^Reconnecting in \\d+ s…$/"
             ".test(document.querySelector('#hb-status .status-text').textContent)",
             timeout=5000)
-        one.screenshot(path=str(SHOTS / "demo-reconnecting.png"))
+        one.screenshot(path=str(shots / "demo-reconnecting.png"))
         time.sleep(1.0)
         attempts = one.evaluate("demo.sock.attempt")
         assert attempts >= 1

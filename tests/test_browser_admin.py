@@ -3,7 +3,8 @@
 Headless Debian Chromium driven by Playwright, against a real Daphne. The server
 runs with HEARTBEAT_TIMEOUT=None (probe, never close), so a frozen client stays
 open and the admin shows it as a zombie (three intervals without a word) instead
-of a closed session. Screenshots go to docs/img/ for the docs.
+of a closed session. Screenshots go to docs/img/ with
+HEARTBEAT_UPDATE_SCREENSHOTS=1.
 """
 
 import json
@@ -26,7 +27,6 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--disable-dev-shm-usage", "--disable-quic"]
 CLIENT = str(Path(__file__).parent / "clients" / "well_behaved.py")
-SHOTS = ROOT / "docs" / "img"
 ROOM = "ops-demo"  # its own room, so the pages show only this test's sessions
 INTERVAL = 2.0  # stale after 2-2.5 s of silence, zombie after 6 s (3 intervals)
 
@@ -39,7 +39,7 @@ def start_client(server, tab, every="0.5"):
     return proc, hello["session"]
 
 
-def test_frozen_client_is_listed_as_a_zombie(admin_db, tmp_path):
+def test_frozen_client_is_listed_as_a_zombie(admin_db, tmp_path, shots):
     server = ServerProcess(tmp_path, server_env(
         admin_db, HEARTBEAT_INTERVAL=str(INTERVAL), HEARTBEAT_TIMEOUT="none",
         HEARTBEAT_CHECKPOINT_INTERVAL="0.3")).start()
@@ -73,8 +73,7 @@ def test_frozen_client_is_listed_as_a_zombie(admin_db, tmp_path):
             texts = [rows.nth(i).inner_text() for i in range(rows.count())]
             assert any(zombie_id[:8] in t for t in texts), texts
             assert not any(live_id[:8] in t or stale_id[:8] in t for t in texts), texts
-            SHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOTS / "admin-zombies.png"))
+            page.screenshot(path=str(shots / "admin-zombies.png"))
             page.goto(f"{base}/admin/heartbeat_app/session/?q={ROOM}")
             badges = {}
             for session_id in (live_id, stale_id, zombie_id, gone_id):
@@ -82,7 +81,7 @@ def test_frozen_client_is_listed_as_a_zombie(admin_db, tmp_path):
                 badges[session_id] = row.locator(".hb-badge").inner_text()
             assert badges == {live_id: "live", stale_id: "stale", zombie_id: "zombie",
                               gone_id: "closed"}
-            page.screenshot(path=str(SHOTS / "admin-sessions.png"))
+            page.screenshot(path=str(shots / "admin-sessions.png"))
             page.goto(f"{base}/admin/heartbeat_app/session/{zombie_id}/change/")
             assert "still open: zombie" in page.content()
             browser.close()

@@ -21,9 +21,30 @@ describe("connecting", () => {
   test("the tab id is kept in sessionStorage, so a reload reuses it", () => {
     const storage = fakeStorage();
     const first = setup({ storage });
+    first.page.fire("window", "pagehide", { persisted: false });  // the reload unloads it
     const second = setup({ storage });
     assert.equal(second.sock.tab, first.sock.tab);
     assert.equal(storage.data["heartbeat_app.tab"], first.sock.tab);
+    assert.equal(storage.data["heartbeat_app.tab.live"], "1");
+  });
+
+  test("a duplicated tab (sessionStorage copied while the original is open) gets its own id", () => {
+    const storage = fakeStorage();
+    const original = setup({ storage });
+    const copy = setup({ storage: fakeStorage({ ...storage.data }), random: () => 0.1 });
+    assert.notEqual(copy.sock.tab, original.sock.tab);
+    assert.match(copy.sock.tab, /^[A-Za-z0-9_-]{16}$/);
+  });
+
+  test("two sockets of the same page share its tab id", () => {
+    const storage = fakeStorage();
+    const first = setup({ storage });
+    const second = new HeartbeatSocket("/ws/rooms/other/", {
+      WebSocket: fakeWebSocketClass(), window: first.page.window,
+      document: first.page.document, storage, random: () => 0.1,
+      now: () => 0, setTimeout: () => 0, clearTimeout: () => {},
+    });
+    assert.equal(second.tab, first.sock.tab);
   });
 
   test("the tab in hello is adopted and saved", () => {

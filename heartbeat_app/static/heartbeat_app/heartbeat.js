@@ -282,14 +282,26 @@
       var o = this.options;
       if (o.tab === false) return null;
       if (typeof o.tab === "string") return o.tab;
-      var store = this._storage(), tab = null;
-      try { tab = store && store.getItem(o.tabKey); } catch (e) { tab = null; }
+      var store = this._storage(), tab = null, live = null;
+      try {
+        tab = store && store.getItem(o.tabKey);
+        live = store && store.getItem(o.tabKey + ".live");
+      } catch (e) { tab = null; }
+      // "Duplicate tab" copies sessionStorage into the new tab, id included, while the
+      // original is still open; the server would then replace the original's presence with
+      // the copy's. A page marks its id live while it is shown and not live on pagehide, so
+      // a reload finds it not live and keeps it, and a duplicate finds it live and makes its
+      // own. Sockets of the same page share the page's claim (kept on its window).
+      var win = this._win();
+      if (live === "1" && !(win && win.__heartbeatAppTab === tab)) tab = null;
       if (!tab || !TAB.test(tab)) {
         var abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
         tab = "";
         for (var i = 0; i < 16; i++) tab += abc.charAt(Math.floor(this._random() * 64));
         this._saveTab(tab);
       }
+      if (win) win.__heartbeatAppTab = tab;
+      this._markTab(true);
       return tab;
     }
 
@@ -303,6 +315,15 @@
     _saveTab(tab) {
       if (this.options.tab !== true) return;
       try { var s = this._storage(); if (s) s.setItem(this.options.tabKey, tab); } catch (e) { /* quota or blocked */ }
+      this._markTab(true);
+    }
+
+    _markTab(live) {
+      if (this.options.tab !== true) return;
+      try {
+        var s = this._storage();
+        if (s) s.setItem(this.options.tabKey + ".live", live ? "1" : "0");
+      } catch (e) { /* quota or blocked */ }
     }
 
     _url() {
@@ -576,6 +597,7 @@
     }
 
     _pageHide(ev) {
+      this._markTab(false);
       // Not persisted: the page is going away for good; the browser closes the socket with
       // 1001 and the server's leave grace covers a reload.
       if (!ev || !ev.persisted || this._stopped) return;
@@ -586,6 +608,7 @@
     }
 
     _pageShow(ev) {
+      this._markTab(true);
       if (ev && ev.persisted && this._state === "suspended" && !this._ws) {
         // Restored from the back-forward cache. The old socket's readyState still read OPEN
         // here in Chromium 156 before its close arrived, so it was dropped at pagehide.
