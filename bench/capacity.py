@@ -1,0 +1,199 @@
+"""Capacity: idle sessions with heartbeat and presence on one Daphne process.
+
+Ramps one Daphne process (CPU 0) to --sessions connections from several client
+processes (CPU 1, source addresses 127.0.0.2, 127.0.0.3, ... so no process nears the
+fd limit), then soaks: HEARTBEAT_INTERVAL=5, HEARTBEAT_TIMEOUT=5, every client answers
+the server's probes, a probe client pings every 50 ms. Variants, each on a fresh server:
+a bare AsyncWebsocketConsumer (memory per connection measured the same way), the demo's
+RoomConsumer (rooms of 100) with the in-memory layer, and with Redis.
+
+    .venv/bin/python bench/capacity.py [--sessions 19000] [--soak 60] [--variants bare,memory,redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+
+import benchlib as bl
+
+WARM = 100
+PER_PROCESS = 5000
+
+
+def one(work, variant, n, soak, processes):
+    env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5"}
+    if variant == "redis":
+        env["REDIS_URL"] = bl.REDIS_URL
+    path = "/ws/bare/" if variant == "bare" else "/ws/rooms/cap{room}/"
+    rec = {"variant": variant, "target": n}
+    with bl.Server(work, "daphne", env, name=f"cap-{variant}") as server:
+        warm = bl.LoadClient(port=server.port, count=WARM, path=path, source="127.0.0.1")
+        clients = []
+        pinger = None
+        try:
+            warm.cmd("connect")
+            time.sleep(3)
+            rec["base_rss_mb"] = server.rss() / 2**20
+            rest = n - WARM
+            k = max(1, processes or math.ceil(rest / PER_PROCESS))
+            share = math.ceil(rest / k)
+            clients = [bl.LoadClient(port=server.port, count=min(share, rest - i * share),
+                                     path=path, offset=WARM + i * share,
+                                     source=f"127.0.0.{2 + i}", inflight=50, timeout=120)
+                       for i in range(k)]
+            time.sleep(0.5)  # client processes started
+            c0, t0 = server.cpu_seconds(), time.time()
+            answers = bl.connect_all(clients)
+            t1, c1 = time.time(), server.cpu_seconds()
+            ok = WARM + sum(a["ok"] for a in answers)
+            rec.update(
+                connected=ok, failed=sum(a["failed"] for a in answers),
+                errors=[a["errors"] for a in answers if a["errors"]],
+                ramp_s=t1 - t0, connect_rate=(ok - WARM) / (t1 - t0),
+                cpu_ms_per_connect=(c1 - c0) / max(1, ok - WARM) * 1000,
+                handshake_p50_ms=bl.pct([x for a in answers for x in a["connect_ms"]], 50),
+                handshake_p99_ms=bl.pct([x for a in answers for x in a["connect_ms"]], 99))
+            print(variant, "connected", ok, f"in {t1 - t0:.1f} s", flush=True)
+            time.sleep(5)
+            rss = server.rss()
+            rec["rss_mb"] = rss / 2**20
+            rec["kib_per_session"] = (rss - rec["base_rss_mb"] * 2**20) / max(1, ok - WARM) / 1024
+            if soak and variant != "bare":
+                pinger = bl.LoadClient(port=server.port, count=0, path=path, pinger=True,
+                                       pinger_path="/ws/bare/", ping_every=0.05)
+                p0 = sum(c.cmd("stats")["probes"] for c in [warm, *clients])
+                c0, t0 = server.cpu_seconds(), time.time()
+                time.sleep(soak)
+                c1, t1 = server.cpu_seconds(), time.time()
+                stats = [c.cmd("stats") for c in [warm, *clients]]
+                ps = pinger.cmd("stats")
+                rtts = [r for _, r in ps["rtts"] if r == r]
+                rec.update(
+                    soak_s=t1 - t0, soak_cpu_pct=(c1 - c0) / (t1 - t0) * 100,
+                    probes_answered=sum(s["probes"] for s in stats) - p0,
+                    open_after_soak=sum(s["open"] for s in stats),
+                    closes={code: sum(s["closes"].get(code, 0) for s in stats)
+                            for code in {c for s in stats for c in s["closes"]}},
+                    ping_p50_ms=bl.pct(rtts, 50) * 1000 if rtts else None,
+                    ping_p99_ms=bl.pct(rtts, 99) * 1000 if rtts else None,
+                    ping_max_ms=max(rtts) * 1000 if rtts else None,
+                    ping_series=[(t - t0, r * 1000) for t, r in ps["rtts"] if r == r])
+                rec["rss_after_soak_mb"] = server.rss() / 2**20
+        finally:
+            for c in [warm, *clients, *([pinger] if pinger else [])]:
+                c.close()
+        log = server.log()
+    rec["false_zombies"] = len(re.findall(r"silent for", log))
+    rec["tracebacks"] = log.count("Traceback")
+    print({k: v for k, v in rec.items() if k != "ping_series"}, flush=True)
+    return rec
+
+
+def run(args):
+    facts = bl.machine()
+    work = bl.Workdir("capacity")
+    recs = []
+    try:
+        for variant in args.variants.split(","):
+            recs.append(one(work, variant, args.sessions, args.soak, args.processes))
+            if variant == "redis":
+                bl.redis_cleanup()
+    finally:
+        bl.redis_cleanup()
+    data = {"machine": facts, "args": vars(args), "runs": recs}
+    bl.save_results("capacity", data)
+    plot(data)
+    bl.update_doc("capacity", render(data))
+
+
+LABELS = {"bare": "bare AsyncWebsocketConsumer", "memory": "RoomConsumer, in-memory layer",
+          "redis": "RoomConsumer, Redis layer and presence"}
+
+
+def plot(data):
+    plt = bl.pyplot()
+    runs = data["runs"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8),
+                                   gridspec_kw={"width_ratios": [1, 2]})
+    ax1.bar([LABELS[r["variant"]].replace(", ", "\n") for r in runs],
+            [r["kib_per_session"] for r in runs], color=[f"C{i}" for i in range(len(runs))])
+    for i, r in enumerate(runs):
+        ax1.annotate(f"{r['kib_per_session']:.1f} KiB", (i, r["kib_per_session"]),
+                     ha="center", va="bottom")
+    ax1.set_ylabel("RSS per session, KiB")
+    ax1.set_title(f"{runs[0]['connected']:,} connections, one Daphne")
+    ax1.tick_params(axis="x", labelsize=7)
+    for i, r in enumerate(runs):
+        if r.get("ping_series"):
+            xs, ys = zip(*r["ping_series"], strict=True)
+            ax2.plot(xs, ys, ".", ms=2, color=f"C{i}", label=LABELS[r["variant"]])
+    ax2.set_yscale("log")
+    ax2.set_xlabel("seconds into the soak")
+    ax2.set_ylabel("probe client ping RTT, ms (log)")
+    ax2.set_title("Responsiveness during the soak (interval 5 s, timeout 5 s)")
+    ax2.legend(fontsize=7, markerscale=4)
+    fig.tight_layout()
+    fig.savefig(bl.plot_path("capacity"))
+
+
+def render(data):
+    runs, a = data["runs"], data["args"]
+    bare = next((r for r in runs if r["variant"] == "bare"), None)
+    lines = [
+        "## Capacity: sessions per Daphne process", "",
+        bl.machine_line(data["machine"]), "",
+        f"Command: `.venv/bin/python bench/capacity.py --sessions {a['sessions']} --soak "
+        f"{a['soak']:g} --variants {a['variants']}` (results: `bench/results/capacity.json`).",
+        "",
+        f"One Daphne process on CPU 0, its open-file limit raised to the hard limit (20,000 "
+        f"on this machine, which allows no more); client processes on CPU 1, at most "
+        f"{PER_PROCESS:,} connections each, from source addresses 127.0.0.2, 127.0.0.3, …, "
+        f"50 handshakes in flight per process. Memory per session is the server's RSS after "
+        f"the ramp and 5 s of settling, less its RSS with {WARM} warm-up connections, over "
+        f"the connections opened after those; the bare consumer is measured the same way on "
+        f"its own fresh server. The soak runs at `HEARTBEAT_INTERVAL=5`, "
+        f"`HEARTBEAT_TIMEOUT=5`; every client answers the server's probes, a probe client "
+        f"pings a bare consumer on the same server every 50 ms, and a false zombie is any "
+        f"'silent for' line in the server log.", "",
+        "![Memory per session and responsiveness during the soak](img/bench-capacity.png)", "",
+        "| variant | connected | failed | connect rate | CPU per connect | handshake p50 / "
+        "p99 | RSS | RSS per session | vs bare |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ratio = r["kib_per_session"] / bare["kib_per_session"] if bare else None
+        lines.append(
+            f"| {LABELS[r['variant']]} | {r['connected']:,} | {r['failed']} | "
+            f"{r['connect_rate']:,.0f}/s | {r['cpu_ms_per_connect']:.2f} ms | "
+            f"{bl.fmt(r['handshake_p50_ms'])} / {bl.fmt(r['handshake_p99_ms'])} ms | "
+            f"{r['rss_mb']:.0f} MB | {r['kib_per_session']:.1f} KiB | "
+            f"{bl.fmt(ratio, 2)}× |")
+    soaked = [r for r in runs if "soak_s" in r]
+    if soaked:
+        lines += ["", "| variant | soak | server CPU | probes answered | open after | closes "
+                  "during soak | false zombies ('silent for') | probe ping p50 / p99 / max |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in soaked:
+            closes = ", ".join(f"{k}: {v}" for k, v in r["closes"].items()) or "none"
+            lines.append(
+                f"| {LABELS[r['variant']]} | {r['soak_s']:.0f} s | {r['soak_cpu_pct']:.0f} % | "
+                f"{r['probes_answered']:,} | {r['open_after_soak']:,} | {closes} | "
+                f"**{r['false_zombies']}** | {bl.fmt(r['ping_p50_ms'], 1)} / "
+                f"{bl.fmt(r['ping_p99_ms'], 1)} / {bl.fmt(r['ping_max_ms'], 1)} ms |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=19000)
+    parser.add_argument("--soak", type=float, default=60.0)
+    parser.add_argument("--variants", default="bare,memory,redis")
+    parser.add_argument("--processes", type=int, default=0)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
