@@ -187,7 +187,10 @@ def pct(values, p: float) -> float | None:
 
 
 def median(values):
-    return pct(values, 50)
+    """The median (the mean of the middle two for an even count), or None when empty."""
+    import statistics
+
+    return statistics.median(values) if values else None
 
 
 # Redis ------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class Load:
                 await self.open_one(i)
             except Exception as exc:
                 self.failures.append(time.time())
-                key = str(exc)[:60] or type(exc).__name__
+                key = "connection refused" if isinstance(exc, ConnectionRefusedError) \
+                    else (str(exc)[:60] or type(exc).__name__)
                 self.errors[key] = self.errors.get(key, 0) + 1
                 attempt += 1
                 continue

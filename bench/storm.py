@@ -1,0 +1,181 @@
+"""Reconnect storm: 5,000 clients reconnecting with the bundled backoff after a server restart.
+
+One Daphne process (CPU 0, Redis layer and presence, the demo's RoomConsumer in rooms of
+100) holds --clients connections from several client processes (CPU 1). The server is
+killed with SIGKILL and started again on the same port. Each client reconnects with the
+bundled JS client's backoff (attempt 0: U(0, 1 s); attempt n >= 1:
+U(0.5 s, min(30 s, 1 s * 2^n)), full jitter). A probe client pings a bare consumer on
+the same server every 50 ms throughout and reconnects every 100 ms when cut off.
+
+    .venv/bin/python bench/storm.py [--clients 5000] [--down 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import benchlib as bl
+
+
+def run(args):
+    facts = bl.machine()
+    work = bl.Workdir("storm")
+    env = {"REDIS_URL": bl.REDIS_URL}
+    k = max(2, math.ceil(args.clients / 2500))
+    share = math.ceil(args.clients / k)
+    bl.redis_cleanup()
+    server = bl.Server(work, "daphne", env, name="storm").start()
+    clients, pinger = [], None
+    try:
+        clients = [bl.LoadClient(port=server.port, count=min(share, args.clients - i * share),
+                                 path="/ws/rooms/storm{room}/", offset=i * share,
+                                 source=f"127.0.0.{2 + i}", inflight=50, reconnect=True,
+                                 timeout=60)
+                   for i in range(k)]
+        answers = bl.connect_all(clients)
+        connected = sum(a["ok"] for a in answers)
+        print("connected", connected, flush=True)
+        pinger = bl.LoadClient(port=server.port, count=0, path="/", pinger=True,
+                               pinger_path="/ws/bare/", ping_every=0.05)
+        time.sleep(3)
+        t_kill = time.time()
+        server.kill9()
+        time.sleep(args.down)
+        t_start = time.time()
+        server = bl.Server(work, "daphne", env, name="storm", port=server.port).start()
+        t_ready = time.time()
+        c0 = server.cpu_seconds()
+        deadline = time.time() + args.wait
+        while time.time() < deadline:
+            time.sleep(2)
+            stats = [c.cmd("stats") for c in clients]
+            if sum(s["open"] for s in stats) >= connected and \
+                    sum(len(s["arrivals"]) for s in stats) >= connected:
+                break
+        time.sleep(2)
+        t_end, c1 = time.time(), server.cpu_seconds()
+        stats = [c.cmd("stats") for c in clients]
+        ps = pinger.cmd("stats")
+    finally:
+        for c in [*clients, *([pinger] if pinger else [])]:
+            c.close()
+        server.stop()
+        log = server.log()
+        bl.redis_cleanup()
+    arrivals = sorted(t - t_kill for s in stats for t in s["arrivals"])
+    failures = sorted(t - t_kill for s in stats for t in s["failures"])
+    errors: dict[str, int] = {}
+    for s in stats:
+        for key, v in s["errors"].items():
+            errors[key] = errors.get(key, 0) + v
+    rtts = [(t - t_kill, r * 1000 if r == r else None) for t, r in ps["rtts"]]
+    after = [r for t, r in rtts if t >= t_ready - t_kill and r is not None]
+    per_sec: dict[int, int] = {}
+    for t in arrivals:
+        per_sec[int(t)] = per_sec.get(int(t), 0) + 1
+    summary = {
+        "clients": args.clients, "connected_before": connected,
+        "lost": sum(s["lost"] for s in stats), "reconnected": len(arrivals),
+        "open_at_end": sum(s["open"] for s in stats),
+        "failed_attempts": len(failures), "errors": errors,
+        "server_restart_s": t_start - t_kill, "server_ready_s": t_ready - t_kill,
+        "t50_s": bl.pct(arrivals, 50), "t99_s": bl.pct(arrivals, 99),
+        "t100_s": max(arrivals) if arrivals else None,
+        "peak_per_s": max(per_sec.values()) if per_sec else 0,
+        "server_cpu_pct_after_restart": (c1 - c0) / (t_end - t_ready) * 100,
+        "ping_p50_ms": bl.pct(after, 50), "ping_p99_ms": bl.pct(after, 99),
+        "ping_max_ms": max(after) if after else None, "pings_after_restart": len(after),
+        "tracebacks": log.count("Traceback"),
+        "http_500": sum(v for key, v in errors.items() if " 500 " in key),
+    }
+    print(summary, flush=True)
+    data = {"machine": facts, "args": vars(args), "summary": summary, "arrivals_s": arrivals,
+            "failures_s": failures, "ping": rtts}
+    bl.save_results("storm", data)
+    plot(data)
+    bl.update_doc("storm", render(data))
+
+
+def plot(data):
+    plt = bl.pyplot()
+    s = data["summary"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    arrivals = data["arrivals_s"]
+    end = max(arrivals + [s["server_ready_s"] + 1])
+    bins = [i * 0.25 for i in range(int(end / 0.25) + 2)]
+    counts, edges, _ = ax.hist(arrivals, bins=bins, color="C0", alpha=0.8,
+                               label="reconnections per 0.25 s")
+    ax.hist(data["failures_s"], bins=bins, color="C3", alpha=0.4,
+            label="failed attempts per 0.25 s")
+    ax.axvline(s["server_restart_s"], color="k", ls=":", lw=0.8, label="restart begins")
+    ax.axvline(s["server_ready_s"], color="k", ls="--", lw=0.8, label="port open again")
+    ax.set_xlabel("seconds after kill -9")
+    ax.set_ylabel("clients per 0.25 s")
+    ax2 = ax.twinx()
+    pts = [(t, r) for t, r in data["ping"] if r is not None and t >= -2]
+    if pts:
+        xs, ys = zip(*pts, strict=True)
+        ax2.plot(xs, ys, ".", color="C2", ms=3, label="probe ping RTT (ms, log)")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("probe ping RTT, ms (log)")
+    ax.set_title(f"Reconnect storm: {s['reconnected']:,} of {s['connected_before']:,} clients "
+                 f"back, bundled backoff (full jitter)")
+    lines, labels = ax.get_legend_handles_labels()
+    l2, lb2 = ax2.get_legend_handles_labels()
+    ax.legend(lines + l2, labels + lb2, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(bl.plot_path("storm"))
+
+
+def render(data):
+    s, a = data["summary"], data["args"]
+    errors = ", ".join(f"`{k}`: {v}" for k, v in sorted(
+        s["errors"].items(), key=lambda kv: -kv[1])) or "none"
+    return "\n".join([
+        "## Reconnect storm", "",
+        bl.machine_line(data["machine"]), "",
+        f"Command: `.venv/bin/python bench/storm.py --clients {a['clients']} --down "
+        f"{a['down']:g}` (results: `bench/results/storm.json`).", "",
+        f"{s['connected_before']:,} clients (several processes on CPU 1, rooms of 100) on "
+        f"one Daphne process (CPU 0) with the Redis layer and presence. The server is "
+        f"killed with SIGKILL, started again on the same port after {a['down']:g} s, and "
+        f"every client reconnects with the bundled client's backoff (`backoff()` in "
+        f"`heartbeat.js`, reimplemented in `bench/loadclient.py`): attempt 0 waits "
+        f"U(0, 1 s), attempt n ≥ 1 waits U(0.5 s, min(30 s, 1 s × 2ⁿ)). A probe client "
+        f"pings a bare consumer on the same server every 50 ms and reconnects every 100 ms "
+        f"while cut off.", "",
+        "![Reconnections per 0.25 s after a restart, and the probe's ping RTT]"
+        "(img/bench-storm.png)", "",
+        "| | |", "|---|---|",
+        f"| clients back | {s['reconnected']:,} of {s['connected_before']:,} (open at the end: "
+        f"{s['open_at_end']:,}) |",
+        f"| server port open again | {s['server_ready_s']:.1f} s after the kill |",
+        f"| 50 % / 99 % / all back | {bl.fmt(s['t50_s'], 1)} / {bl.fmt(s['t99_s'], 1)} / "
+        f"{bl.fmt(s['t100_s'], 1)} s after the kill |",
+        f"| peak arrivals | {s['peak_per_s']:,} per second |",
+        f"| failed attempts | {s['failed_attempts']:,} ({errors}) |",
+        f"| HTTP 500 during the storm | {s['http_500']} |",
+        f"| probe ping after the restart: p50 / p99 / max | {bl.fmt(s['ping_p50_ms'], 1)} / "
+        f"{bl.fmt(s['ping_p99_ms'], 1)} / {bl.fmt(s['ping_max_ms'], 1)} ms "
+        f"({s['pings_after_restart']:,} pings) |",
+        f"| server CPU from restart to the end | {s['server_cpu_pct_after_restart']:.0f} % |",
+        f"| tracebacks in the server log | {s['tracebacks']} |",
+        "", "Failed attempts are connection refusals while the server is down or starting; "
+        "they back off as the client would. The arrivals follow the backoff's retry waves: "
+        "the clients whose attempt fell while the port was closed wait U(0.5, 2 s), then "
+        "U(0.5, 4 s), and so on.",
+    ])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=5000)
+    parser.add_argument("--down", type=float, default=1.0)
+    parser.add_argument("--wait", type=float, default=60.0)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Write the summary at the top of docs/benchmarks.md from bench/results/*.json.
+
+    .venv/bin/python bench/summary.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import benchlib as bl
+
+
+def load(name):
+    path = bl.RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def yes(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def rows():
+    out = []
+    pp = load("pingpong")
+    if pp:
+        r = pp["summary"]["ratios"]
+        for server in ("daphne", "uvicorn"):
+            mb = r.get(server, {}).get("mixin/bare", {})
+            if mb:
+                worst = min(v["median"] for v in mb.values())
+                cells = ", ".join(f"N={n}: {v['median']:.2f}" for n, v in mb.items())
+                out.append((f"ping/pong throughput, mixin ÷ bare consumer ({server})", cells,
+                            "≥ 0.90", yes(worst >= 0.9)))
+            mp = r.get(server, {}).get("mixin/peerdb", {})
+            if mp:
+                worst = min(v["median"] for v in mp.values())
+                cells = ", ".join(f"N={n}: {v['median']:.1f}×" for n, v in mp.items())
+                out.append((f"ping/pong throughput, mixin ÷ DB write per heartbeat ({server})",
+                            cells, "≥ 10×", yes(worst >= 10)))
+        d = pp["summary"].get("daphne", {})
+        n = max(int(k) for k in d.get("mixin", {"0": 0}))
+        mix = d.get("mixin", {}).get(str(n), {}).get("cpu_us_per_rt")
+        bare = d.get("bare", {}).get(str(n), {}).get("cpu_us_per_rt")
+        if mix and bare:
+            out.append((f"Daphne CPU per round trip at N={n}, mixin / bare",
+                        f"{mix:.0f} / {bare:.0f} µs", "–", "reported"))
+    sc = load("scheduler_cost")
+    if sc:
+        s, t = sc["part1"]["scheduler"], sc["part1"]["tasks"]
+        out.append((f"CPU of {s['sessions']:,} idle sessions at a {s['interval']:g} s interval: "
+                    "one scheduler / a task per session",
+                    f"{s['cpu_pct']:.2f} % / {t['cpu_pct']:.2f} % of a core "
+                    f"({t['cpu_pct'] / s['cpu_pct']:.1f}×)", "cheaper than tasks",
+                    yes(s["cpu_pct"] < t["cpu_pct"])))
+        trips = [p["round_trips"]["mean"] for p in sc["part2"]]
+        out.append(("presence store round trips per tick at " + ", ".join(
+            f"{p['sessions']:,}" for p in sc["part2"]) + " sessions",
+            " / ".join(f"{x:.1f}" for x in trips), "constant",
+            yes(max(trips) - min(trips) < 0.5)))
+    cap = load("capacity")
+    if cap:
+        runs = {r["variant"]: r for r in cap["runs"]}
+        bare = runs.get("bare")
+        for v in ("memory", "redis"):
+            r = runs.get(v)
+            if not r:
+                continue
+            layer = "in-memory layer" if v == "memory" else "Redis"
+            out.append((f"sessions held on one Daphne process ({layer})",
+                        f"{r['connected']:,} of {r['target']:,}", "19,000",
+                        yes(r["connected"] >= 19000)))
+            if bare:
+                ratio = r["kib_per_session"] / bare["kib_per_session"]
+                out.append((f"RSS per session, mixin ÷ bare ({layer})",
+                            f"{r['kib_per_session']:.1f} ÷ {bare['kib_per_session']:.1f} KiB "
+                            f"= {ratio:.2f}", "≤ 1.5", yes(ratio <= 1.5)))
+            if "soak_s" in r:
+                out.append((f"false zombies in a {r['soak_s']:.0f} s soak at interval 5 s, "
+                            f"timeout 5 s ({layer})", str(r["false_zombies"]), "0",
+                            yes(r["false_zombies"] == 0)))
+    z = load("zombies")
+    if z:
+        s = z["summary"]
+        out.append((f"silence → 4408 close, {s['closed_4408']:,} frozen clients (p50 / max)",
+                    f"{s['p50_s']:.2f} / {s['max_s']:.2f} s", f"interval + timeout "
+                    f"+ 1 tick = {s['bound_s']:g} s", yes(s["max_s"] <= s["bound_s"])))
+    c = load("crash")
+    if c:
+        worst = max(r["last_s"] or 1e9 for r in c["reps"])
+        out.append((f"kill -9 → last leave on the other worker (worst of {len(c['reps'])})",
+                    f"{worst:.2f} s", f"{c['bound_s']:g} s", yes(worst <= c["bound_s"])))
+    rd = load("presence_reads")
+    if rd:
+        big = rd["rows"][-1]
+        m, n = big["members"], big["count"]
+        mtxt = f"fails ({m['error'].split(':')[0]})" if "error" in m else \
+            f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} ms"
+        out.append((f"members() of a room of {big['size']:,} (p50 / p99)", mtxt, "works",
+                    yes("error" not in m)))
+        out.append((f"count() of a room of {big['size']:,} (p50 / p99)",
+                    f"{n['p50_ms']:.2f} / {n['p99_ms']:.2f} ms", "–", "reported"))
+    st = load("storm")
+    if st:
+        s = st["summary"]
+        out.append((f"reconnect storm: {s['connected_before']:,} clients back after a restart",
+                    f"{s['reconnected']:,} back, 99 % at {bl.fmt(s['t99_s'], 1)} s, "
+                    f"{s['http_500']} HTTP 500", "all back, no 500",
+                    yes(s["reconnected"] >= s["connected_before"] and s["http_500"] == 0)))
+        out.append(("probe ping during the storm (p50 / p99 / max)",
+                    f"{bl.fmt(s['ping_p50_ms'], 1)} / {bl.fmt(s['ping_p99_ms'], 1)} / "
+                    f"{bl.fmt(s['ping_max_ms'], 1)} ms", "responsive", "reported"))
+    return out
+
+
+def main():
+    lines = ["## Summary", "",
+             "Headline figures of the latest run of each benchmark (details, plots and "
+             "commands in the sections below; `.venv/bin/python bench/summary.py` rewrites "
+             "this table from `bench/results/`).", "",
+             "| figure | measured | target | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    bl.update_doc("summary", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
