@@ -163,9 +163,12 @@ class HeartbeatMixin(PresenceMixin):
                 if kind == "websocket.receive":
                     session = self.heartbeat_session
                     text = message.get("text")
-                    if session is not None and session.closed:
-                        # Ended by the server (a zombie close, say): late heartbeats
-                        # are dropped, never handed to the consumer.
+                    if session is not None and (
+                        session.closed or session.close_code is not None
+                    ):
+                        # Closed or closing on the server's side (a zombie, a 4429, an
+                        # operator): late heartbeats are dropped, never answered on a
+                        # socket that is going away, never handed to the consumer.
                         if text is not None and protocol.looks_like_heartbeat(text):
                             continue
                     elif session is not None:
@@ -350,7 +353,12 @@ class HeartbeatMixin(PresenceMixin):
         await self._heartbeat_send(error.as_message())
 
     async def _heartbeat_send(self, message: dict[str, Any]) -> None:
-        await self.base_send({"type": "websocket.send", "text": protocol.dumps(message)})
+        try:
+            await self.base_send({"type": "websocket.send", "text": protocol.dumps(message)})
+        except Exception as exc:
+            # The peer went away between its frame and our answer (Daphne raises
+            # Disconnected): the disconnect event that follows ends the session.
+            logger.debug("heartbeat send on a closing connection failed: %r", exc)
 
     async def _heartbeat_send_probe(self, probe_id: str) -> None:
         self.heartbeat_session.extra["last_probe_wall"] = time.time()

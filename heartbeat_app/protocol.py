@@ -31,6 +31,7 @@ HEARTBEAT_TYPES = frozenset({PING, PONG})
 # Limits on heartbeat frames. A ping is ~40 bytes; anything near these is hostile.
 MAX_HEARTBEAT_FRAME = 4096  # characters of one ping/pong frame
 MAX_ID_LENGTH = 128  # characters of a string id
+MAX_BRACKETS = 64  # "[" and "{" in one heartbeat frame; a ping has one
 MAX_INT_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: beyond it browsers lose precision
 
 # Error slugs carried by {"type": "error", "code": ...}.
@@ -178,6 +179,12 @@ def parse_heartbeat_text(text: str) -> Heartbeat | None:
                 f"Heartbeat frames are limited to {MAX_HEARTBEAT_FRAME} characters.",
             )
         return None
+    if text.count("[") + text.count("{") > MAX_BRACKETS:
+        # Nesting is refused before decoding: how deep json.loads goes depends on
+        # the Python version (3.13 parses what 3.11 refuses).
+        raise ProtocolError(
+            ERR_INVALID_MESSAGE, f"Heartbeat frames may hold at most {MAX_BRACKETS} brackets."
+        )
     try:
         content = json.loads(text)
     except (ValueError, RecursionError):
