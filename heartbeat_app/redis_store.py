@@ -12,7 +12,7 @@ Keys, under the prefix P (PRESENCE_KEY_PREFIX):
 
 Every multi-step change is one Lua script, so concurrent processes never see half
 of it. Scripts touch keys they compute, so Redis Cluster is not supported;
-Sentinel and a single primary are.
+a single primary, alone or behind Sentinel, is.
 """
 
 from __future__ import annotations
@@ -203,8 +203,10 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeou
 class RedisStore(BaseStore):
     """Presence in Redis, shared by every process; one client per event loop."""
 
-    def __init__(self, url: str, prefix: str = "heartbeat", *, max_connections: int = 50,
-                 timeout: float = 2.0):
+    def __init__(self, url: str | dict, prefix: str = "heartbeat", *,
+                 max_connections: int = 50, timeout: float = 2.0):
+        # ``url``: a redis:// URL, or a Sentinel spec as channels_redis takes it:
+        # {"sentinels": [(host, port), ...], "master_name": "...", "sentinel_kwargs": {...}}.
         self.url = url
         self.prefix = prefix
         self.max_connections = max_connections
@@ -217,12 +219,7 @@ class RedisStore(BaseStore):
         if entry is None:
             # A blocking pool waits for a free connection instead of raising
             # MaxConnectionsError, so a connection storm queues instead of failing.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=self.max_connections, timeout=self.timeout,
-                socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                decode_responses=True,
-            )
-            client = aioredis.Redis(connection_pool=pool)
+            client = aioredis.Redis(connection_pool=self._pool())
             scripts = {
                 name: client.register_script(source)
                 for name, source in (("join", _JOIN), ("leave", _LEAVE),
@@ -345,6 +342,25 @@ class RedisStore(BaseStore):
     async def instance_sessions(self, instance):
         entries = await self._call("smembers", f"{self.prefix}:i:{instance}:s")
         return sorted(tuple(entry.split("\n", 1)) for entry in entries)
+
+    def _pool(self):
+        options = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                   "decode_responses": True}
+        if isinstance(self.url, dict):
+            from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+            spec = self.url
+            sentinel = Sentinel(spec["sentinels"], sentinel_kwargs=spec.get("sentinel_kwargs"),
+                                socket_timeout=self.timeout)
+            # Asks the sentinels for the primary on every new connection, so a
+            # failover is followed. This pool raises when full instead of waiting:
+            # size it for storms (PRESENCE_REDIS_MAX_CONNECTIONS).
+            return SentinelConnectionPool(spec["master_name"], sentinel,
+                                          max_connections=self.max_connections, **options)
+        # A blocking pool waits for a free connection instead of raising
+        # MaxConnectionsError, so a connection storm queues instead of failing.
+        return aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, timeout=self.timeout, **options)
 
     def fork(self) -> RedisStore:
         """A store with clients of its own, for one-shot use from sync code."""

@@ -74,8 +74,11 @@ def _build_store() -> BaseStore:
     return import_string(choice)()
 
 
-def redis_url(layer: dict) -> str:
-    """PRESENCE_REDIS_URL, else the first host of the channels_redis layer."""
+def redis_url(layer: dict) -> str | dict:
+    """PRESENCE_REDIS_URL, else the first host of the channels_redis layer.
+
+    A Sentinel host of the layer is returned as its spec, which the store follows.
+    """
     url = conf.get("PRESENCE_REDIS_URL")
     if url:
         return url
@@ -85,6 +88,8 @@ def redis_url(layer: dict) -> str:
         return host
     if isinstance(host, dict) and "address" in host:
         return host["address"]
+    if isinstance(host, dict) and "sentinels" in host:
+        return {k: host[k] for k in ("sentinels", "master_name", "sentinel_kwargs") if k in host}
     if isinstance(host, (list, tuple)):
         return f"redis://{host[0]}:{host[1]}"
     raise ValueError("Set PRESENCE_REDIS_URL: the channel layer's first host has no address.")

@@ -207,3 +207,50 @@ async def test_redis_store_reports_unavailable():
     with pytest.raises(StoreUnavailable):
         await store.members("lobby")
     await store.close()
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    """A primary and a Sentinel watching it, both the test's own, on free ports."""
+    import shutil
+    import subprocess
+    import time
+
+    from tests.servers import free_port, wait_for_port
+
+    binary = shutil.which("redis-server")
+    primary, watcher = free_port(), free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(f"port {watcher}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                      f"sentinel monitor hbprimary 127.0.0.1 {primary} 1\n")
+    procs = [
+        subprocess.Popen([binary, "--port", str(primary), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", str(tmp_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([binary, str(config), "--sentinel"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        for port in (primary, watcher):
+            assert wait_for_port("127.0.0.1", port, time.monotonic() + 10)
+        yield {"sentinels": [("127.0.0.1", watcher)], "master_name": "hbprimary"}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+async def test_redis_store_through_sentinel(sentinel, settings):
+    """The store finds the primary through Sentinel, as channels_redis hosts describe it."""
+    from heartbeat_app import tracker
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [sentinel]}}}
+    settings.PRESENCE_REDIS_URL = None
+    assert tracker.redis_url(settings.CHANNEL_LAYERS["default"]) == sentinel
+    store = RedisStore(sentinel, prefix="hbsentinel")
+    try:
+        await store.join("lobby", meta("s1"), TTL, T0)
+        assert list(await store.members("lobby", T0)) == ["1"]
+    finally:
+        await store.close()
