@@ -117,10 +117,11 @@ async def test_database_away_heartbeats_and_presence_go_on_and_rows_catch_up(own
         assert found[ids["early"]][2:] == (1000, "closed")
         assert found[ids["brief"]][2:] == (1000, "closed")
         assert found[ids["brief"]][0] is not None
-        assert caught_up_after <= 2.0
+        assert caught_up_after <= 5.0
+        # The line is logged right after the write commits: give it a moment.
+        assert server.wait_for_log("session rows written again after an outage", 5)
         log = server.log()
         assert log.count("session rows not written, will retry") == 1
-        assert "session rows written again after an outage" in log
         assert "Traceback" not in log
     finally:
         for view in views:
