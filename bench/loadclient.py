@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -65,7 +66,9 @@ class Load:
     def on_close(self, client):
         code = client.close_code if client.close_code is not None else 1006
         self.closes[code] = self.closes.get(code, 0) + 1
-        if self.cfg.get("reconnect") and not self.muted:
+        # Only a connection that was open starts a reconnect loop; a failed attempt is
+        # retried by the loop that made it.
+        if self.cfg.get("reconnect") and client.was_open and not self.muted:
             self.lost_count += 1
             asyncio.ensure_future(self.reconnect(client.index))
 
@@ -108,8 +111,12 @@ class Load:
                 await self.open_one(i)
             except Exception as exc:
                 self.failures.append(time.time())
-                key = "connection refused" if isinstance(exc, ConnectionRefusedError) \
-                    else (str(exc)[:60] or type(exc).__name__)
+                if isinstance(exc, ConnectionRefusedError):
+                    key = "connection refused"
+                elif isinstance(exc, OSError) and exc.errno:
+                    key = os.strerror(exc.errno).lower()
+                else:
+                    key = str(exc)[:60] or type(exc).__name__
                 self.errors[key] = self.errors.get(key, 0) + 1
                 attempt += 1
                 continue

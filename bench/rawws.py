@@ -47,6 +47,7 @@ class Client(asyncio.Protocol):
         self.opened = asyncio.get_running_loop().create_future()
         self.transport = None
         self.is_open = False
+        self.was_open = False  # the handshake succeeded at some point
         self.close_code: int | None = None
         self.closed_at: float | None = None
         self.lost = asyncio.get_running_loop().create_future()
@@ -80,7 +81,7 @@ class Client(asyncio.Protocol):
                     self.opened.set_exception(ConnectionError(self.status.decode("latin-1")))
                 self.transport.close()
                 return
-            self.is_open = True
+            self.is_open = self.was_open = True
             if not self.opened.done():
                 self.opened.set_result(True)
         while len(buf) >= 2:

@@ -1,11 +1,37 @@
-"""ASGI app of the benchmark servers: the demo's routes plus /ws/bare/ and /ws/peerdb/."""
+"""ASGI app of the benchmark servers: the demo's routes plus /ws/bare/ and /ws/peerdb/.
 
+BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_GC_LOG=1 every full (generation 2) garbage collection longer than 10 ms is
+logged as "gc gen2 pause <ms> ms", so a benchmark can tell GC stalls from other ones.
+"""
+
+import gc
 import os
+import sys
+import time
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproj.settings")
 django_asgi_app = get_asgi_application()
+
+if os.environ.get("BENCH_GC_THRESHOLD"):
+    # A process-level knob for the capacity runs, e.g. "50000,20,100".
+    gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+
+if os.environ.get("BENCH_GC_LOG"):
+    _gc_started = [0.0]
+
+    def _gc_timer(phase, info):
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+        else:
+            pause = (time.perf_counter() - _gc_started[0]) * 1000
+            if pause > 10:
+                print(f"gc gen2 pause {pause:.1f} ms", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(_gc_timer)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
