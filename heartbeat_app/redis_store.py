@@ -179,8 +179,13 @@ _MEMBERS = _PRELUDE + r"""
 local room = ARGV[2]
 local now = now_ms(ARGV[3])
 local live = redis.call('ZRANGEBYSCORE', rk(room, 'z'), '(' .. now, '+inf')
-if #live == 0 then return {} end
-return redis.call('HMGET', rk(room, 'm'), unpack(live))
+local out = {}
+-- HMGET in chunks: Lua's unpack() takes fewer than 8,000 values.
+for first = 1, #live, 1000 do
+  local metas = redis.call('HMGET', rk(room, 'm'), unpack(live, first, math.min(first + 999, #live)))
+  for _, meta in ipairs(metas) do table.insert(out, meta) end
+end
+return out
 """
 
 # KEYS: lease; ARGV: holder, ttl
