@@ -380,9 +380,11 @@ class HeartbeatMixin(PresenceMixin):
         session.close_code = int(CloseCode.HEARTBEAT_TIMEOUT)
         session.close_reason = REASON_TIMEOUT
         session.extra["zombie_wall"] = time.time()
-        await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
         try:
+            # The close frame first: when many zombies go at once (a lift full of
+            # phones), every close leaves before any signal receiver or teardown runs.
             await super().close(code=int(CloseCode.HEARTBEAT_TIMEOUT), reason="heartbeat timeout")
+            await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
         finally:
             # Torn down now, not when the transport finally notices.
             await self._heartbeat_end(CloseCode.HEARTBEAT_TIMEOUT, REASON_TIMEOUT)
