@@ -88,6 +88,18 @@ def check_settings(app_configs=None, **kwargs) -> list:
             id="heartbeat_app.E007",
         ))
 
+    gc_threshold = conf.get("HEARTBEAT_GC_THRESHOLD")
+    if gc_threshold is not None and not (
+        isinstance(gc_threshold, (tuple, list)) and 1 <= len(gc_threshold) <= 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in gc_threshold)
+    ):
+        errors.append(Error(
+            f"HEARTBEAT_GC_THRESHOLD must be None or a tuple of up to three non-negative "
+            f"integers, not {gc_threshold!r}.",
+            hint="For example (20000, 10, 10); see docs/deployment.md.",
+            id="heartbeat_app.E008",
+        ))
     if interval is not None and conf.get("HEARTBEAT_TIMEOUT") is None:
         errors.append(Warning(
             "HEARTBEAT_TIMEOUT is None: silent connections are probed but never closed, "

@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_RATE_BURST": 60,
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
+    # Garbage-collector thresholds (gen0, gen1, gen2) set once per process when the first
+    # session opens, e.g. (20000, 10, 10); None leaves Python's (700, 10, 10) alone.
+    "HEARTBEAT_GC_THRESHOLD": None,
     # Write a row per session for the admin (on open, on close, and in bulk checkpoints).
     "HEARTBEAT_RECORD_SESSIONS": True,
     # Seconds between bulk checkpoints of last_seen, RTT and visibility to the database.

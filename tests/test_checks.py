@@ -268,3 +268,13 @@ def test_check_command_fails_on_a_heartbeat_app_error():
 def test_check_command_passes_with_the_test_settings(fresh_channel_layers, capsys):
     call_command("check")
     assert "heartbeat_app" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [(20000, "10"), (1, 2, 3, 4), 700, (-1,), (True, 10)])
+def test_bad_gc_threshold_is_e008(value):
+    assert "E008" in settings_ids(HEARTBEAT_GC_THRESHOLD=value)
+
+
+@pytest.mark.parametrize("value", [None, (20000, 10, 10), [700]])
+def test_good_gc_threshold_passes(value):
+    assert "E008" not in settings_ids(HEARTBEAT_GC_THRESHOLD=value)

@@ -574,3 +574,23 @@ async def test_set_scheduler_installs_and_removes_one(clock):
     assert replacement is not mine
     assert replacement.clock is time.monotonic
     set_scheduler(None)
+
+
+def test_gc_threshold_is_applied_once_per_process(settings):
+    """HEARTBEAT_GC_THRESHOLD tunes the collector when the first session starts."""
+    import gc
+
+    from heartbeat_app import scheduler as module
+
+    before = gc.get_threshold()
+    settings.HEARTBEAT_GC_THRESHOLD = (12345, 11, 12)
+    module._gc_tuned["done"] = False
+    try:
+        module._tune_gc()
+        assert gc.get_threshold() == (12345, 11, 12)
+        settings.HEARTBEAT_GC_THRESHOLD = (999, 9, 9)
+        module._tune_gc()  # once per process only
+        assert gc.get_threshold() == (12345, 11, 12)
+    finally:
+        gc.set_threshold(*before)
+        module._gc_tuned["done"] = False
