@@ -23,8 +23,14 @@ WARM = 100
 PER_PROCESS = 5000
 
 
-def one(work, variant, n, soak, processes):
-    env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5"}
+def gc_pauses(log: str) -> list[float]:
+    return [float(x) for x in re.findall(r"gc gen2 pause ([0-9.]+) ms", log)]
+
+
+def one(work, variant, n, soak, processes, inflight, gc_threshold):
+    env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5", "BENCH_GC_LOG": "1"}
+    if gc_threshold:
+        env["BENCH_GC_THRESHOLD"] = gc_threshold
     if variant == "redis":
         env["REDIS_URL"] = bl.REDIS_URL
     path = "/ws/bare/" if variant == "bare" else "/ws/rooms/cap{room}/"
@@ -42,7 +48,7 @@ def one(work, variant, n, soak, processes):
             share = math.ceil(rest / k)
             clients = [bl.LoadClient(port=server.port, count=min(share, rest - i * share),
                                      path=path, offset=WARM + i * share,
-                                     source=f"127.0.0.{2 + i}", inflight=50, timeout=120)
+                                     source=f"127.0.0.{2 + i}", inflight=inflight, timeout=120)
                        for i in range(k)]
             time.sleep(0.5)  # client processes started
             c0, t0 = server.cpu_seconds(), time.time()
@@ -65,11 +71,15 @@ def one(work, variant, n, soak, processes):
                 pinger = bl.LoadClient(port=server.port, count=0, path=path, pinger=True,
                                        pinger_path="/ws/bare/", ping_every=0.05)
                 p0 = sum(c.cmd("stats")["probes"] for c in [warm, *clients])
+                g0 = len(gc_pauses(server.log()))
                 c0, t0 = server.cpu_seconds(), time.time()
                 time.sleep(soak)
                 c1, t1 = server.cpu_seconds(), time.time()
                 stats = [c.cmd("stats") for c in [warm, *clients]]
                 ps = pinger.cmd("stats")
+                soak_gc = gc_pauses(server.log())[g0:]
+                rec["soak_gc_pauses"] = len(soak_gc)
+                rec["soak_gc_max_ms"] = max(soak_gc) if soak_gc else None
                 rtts = [r for _, r in ps["rtts"] if r == r]
                 rec.update(
                     soak_s=t1 - t0, soak_cpu_pct=(c1 - c0) / (t1 - t0) * 100,
@@ -87,6 +97,9 @@ def one(work, variant, n, soak, processes):
                 c.close()
         log = server.log()
     rec["false_zombies"] = len(re.findall(r"silent for", log))
+    pauses = gc_pauses(log)
+    rec["gc_gen2_pauses_over_10ms"] = len(pauses)
+    rec["gc_gen2_pause_max_ms"] = max(pauses) if pauses else None
     rec["tracebacks"] = log.count("Traceback")
     print({k: v for k, v in rec.items() if k != "ping_series"}, flush=True)
     return rec
@@ -98,7 +111,8 @@ def run(args):
     recs = []
     try:
         for variant in args.variants.split(","):
-            recs.append(one(work, variant, args.sessions, args.soak, args.processes))
+            recs.append(one(work, variant, args.sessions, args.soak, args.processes,
+                            args.inflight, args.gc_threshold))
             if variant == "redis":
                 bl.redis_cleanup()
     finally:
@@ -118,14 +132,15 @@ def plot(data):
     runs = data["runs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8),
                                    gridspec_kw={"width_ratios": [1, 2]})
-    ax1.bar([LABELS[r["variant"]].replace(", ", "\n") for r in runs],
+    short = {"bare": "bare", "memory": "mixin,\nin-memory", "redis": "mixin,\nRedis"}
+    ax1.bar([short[r["variant"]] for r in runs],
             [r["kib_per_session"] for r in runs], color=[f"C{i}" for i in range(len(runs))])
     for i, r in enumerate(runs):
         ax1.annotate(f"{r['kib_per_session']:.1f} KiB", (i, r["kib_per_session"]),
                      ha="center", va="bottom")
     ax1.set_ylabel("RSS per session, KiB")
     ax1.set_title(f"{runs[0]['connected']:,} connections, one Daphne")
-    ax1.tick_params(axis="x", labelsize=7)
+    ax1.tick_params(axis="x", labelsize=8)
     for i, r in enumerate(runs):
         if r.get("ping_series"):
             xs, ys = zip(*r["ping_series"], strict=True)
@@ -146,12 +161,17 @@ def render(data):
         "## Capacity: sessions per Daphne process", "",
         bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python bench/capacity.py --sessions {a['sessions']} --soak "
-        f"{a['soak']:g} --variants {a['variants']}` (results: `bench/results/capacity.json`).",
+        f"{a['soak']:g} --variants {a['variants']}"
+        + (f" --gc-threshold {a['gc_threshold']}" if a.get("gc_threshold") else "")
+        + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
+        + "` (results: `bench/results/capacity.json`).",
         "",
         f"One Daphne process on CPU 0, its open-file limit raised to the hard limit (20,000 "
         f"on this machine, which allows no more); client processes on CPU 1, at most "
         f"{PER_PROCESS:,} connections each, from source addresses 127.0.0.2, 127.0.0.3, …, "
-        f"50 handshakes in flight per process. Memory per session is the server's RSS after "
+        f"{a.get('inflight', 50)} handshakes in flight per process. Full (generation 2) "
+        f"garbage collections are timed in the server by a `gc.callbacks` hook of "
+        f"`bench/benchproj`. Memory per session is the server's RSS after "
         f"the ramp and 5 s of settling, less its RSS with {WARM} warm-up connections, over "
         f"the connections opened after those; the bare consumer is measured the same way on "
         f"its own fresh server. The soak runs at `HEARTBEAT_INTERVAL=5`, "
@@ -174,24 +194,40 @@ def render(data):
     soaked = [r for r in runs if "soak_s" in r]
     if soaked:
         lines += ["", "| variant | soak | server CPU | probes answered | open after | closes "
-                  "during soak | false zombies ('silent for') | probe ping p50 / p99 / max |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "during soak | false zombies ('silent for') | probe ping p50 / p99 / max | full GC "
+                  "pauses > 10 ms: soak; whole run |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in soaked:
             closes = ", ".join(f"{k}: {v}" for k, v in r["closes"].items()) or "none"
             lines.append(
                 f"| {LABELS[r['variant']]} | {r['soak_s']:.0f} s | {r['soak_cpu_pct']:.0f} % | "
                 f"{r['probes_answered']:,} | {r['open_after_soak']:,} | {closes} | "
                 f"**{r['false_zombies']}** | {bl.fmt(r['ping_p50_ms'], 1)} / "
-                f"{bl.fmt(r['ping_p99_ms'], 1)} / {bl.fmt(r['ping_max_ms'], 1)} ms |")
+                f"{bl.fmt(r['ping_p99_ms'], 1)} / {bl.fmt(r['ping_max_ms'], 1)} ms | "
+                f"{r.get('soak_gc_pauses', '–')} (max {bl.fmt(r.get('soak_gc_max_ms'))} ms); "
+                f"whole run {r.get('gc_gen2_pauses_over_10ms', '–')} (max "
+                f"{bl.fmt(r.get('gc_gen2_pause_max_ms'))} ms) |")
     return "\n".join(lines)
 
 
 def main():
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        # Redraw the plot and the doc section from the saved results, without measuring.
+        import json
+
+        data = json.loads((bl.RESULTS / "capacity.json").read_text())
+        plot(data)
+        bl.update_doc("capacity", render(data))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=19000)
     parser.add_argument("--soak", type=float, default=60.0)
     parser.add_argument("--variants", default="bare,memory,redis")
     parser.add_argument("--processes", type=int, default=0)
+    parser.add_argument("--inflight", type=int, default=50, help="handshakes per process")
+    parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
     run(parser.parse_args())
 
 
