@@ -7,7 +7,8 @@ the server's probes, a probe client pings every 50 ms. Variants, each on a fresh
 a bare AsyncWebsocketConsumer (memory per connection measured the same way), the demo's
 RoomConsumer (rooms of 100) with the in-memory layer, and with Redis.
 
-    .venv/bin/python bench/capacity.py [--sessions 19000] [--soak 60] [--variants bare,memory,redis]
+    .venv/bin/python bench/capacity.py [--sessions 19000] [--soak 60]
+        [--variants bare,memory,redis]
 """
 
 from __future__ import annotations
@@ -194,8 +195,8 @@ def render(data):
     soaked = [r for r in runs if "soak_s" in r]
     if soaked:
         lines += ["", "| variant | soak | server CPU | probes answered | open after | closes "
-                  "during soak | false zombies ('silent for') | probe ping p50 / p99 / max | full GC "
-                  "pauses > 10 ms: soak; whole run |",
+                  "during soak | false zombies ('silent for') | probe ping p50 / p99 / max | "
+                  "full GC pauses > 10 ms: soak; whole run |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in soaked:
             closes = ", ".join(f"{k}: {v}" for k, v in r["closes"].items()) or "none"

@@ -33,7 +33,6 @@ LABELS = {"bare": "bare AsyncWebsocketConsumer", "mixin": "HeartbeatMixin + Redi
 
 async def client_main(port, path, n, warmup, duration, server_pid):
     import psutil
-
     import rawws
 
     state = {"measuring": False, "count": 0}

@@ -41,7 +41,6 @@ def run(args):
                 if all(at is not None for at in report["closed_at"]):
                     break
             report = client.cmd("report")
-            stats = client.cmd("stats")
         finally:
             client.close()
         log = server.log()

@@ -1,6 +1,7 @@
 """ASGI app of the benchmark servers: the demo's routes plus /ws/bare/ and /ws/peerdb/.
 
-BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_GC_LOG=1 every full (generation 2) garbage collection longer than 10 ms is
+BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_GC_LOG=1
+every full (generation 2) garbage collection longer than 10 ms is
 logged as "gc gen2 pause <ms> ms", so a benchmark can tell GC stalls from other ones.
 """
 
