@@ -182,7 +182,8 @@ local live = redis.call('ZRANGEBYSCORE', rk(room, 'z'), '(' .. now, '+inf')
 local out = {}
 -- HMGET in chunks: Lua's unpack() takes fewer than 8,000 values.
 for first = 1, #live, 1000 do
-  local metas = redis.call('HMGET', rk(room, 'm'), unpack(live, first, math.min(first + 999, #live)))
+  local last = math.min(first + 999, #live)
+  local metas = redis.call('HMGET', rk(room, 'm'), unpack(live, first, last))
   for _, meta in ipairs(metas) do table.insert(out, meta) end
 end
 return out

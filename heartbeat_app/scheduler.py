@@ -47,6 +47,7 @@ class Scheduler:
         self.rng = rng
         self.autostart = autostart
         self.stalled = 0.0  # seconds of loop stall credited to every session
+        self.lag = 0.0  # smoothed lateness of the ticks: how far behind the loop runs
         self.sessions: set[SessionState] = set()
         self._heap: list[tuple[float, int, SessionState]] = []
         self._seq = itertools.count()
@@ -109,7 +110,9 @@ class Scheduler:
         any lateness past it is credited as a stall before silence is judged.
         """
         if planned is not None:
-            self.credit_stall(self.clock() - planned)
+            late = self.clock() - planned
+            self.credit_stall(late)
+            self.lag += 0.3 * (max(0.0, late) - self.lag)
         self.stats["ticks"] += 1
         now = self.now()
         probes: list[SessionState] = []

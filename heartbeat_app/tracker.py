@@ -26,6 +26,7 @@ from django.utils.module_loading import import_string
 from . import conf
 from .instance import instance_id, started_at
 from .loops import PerLoop, Ticking
+from .scheduler import get_scheduler
 from .signals import member_joined, member_left
 from .store import CLOSED, BaseStore, Change, MemoryStore, StoreUnavailable, new_ref
 
@@ -95,6 +96,11 @@ def redis_url(layer: dict) -> str | dict:
     raise ValueError("Set PRESENCE_REDIS_URL: the channel layer's first host has no address.")
 
 
+# Scheduler lag (seconds) above which presence broadcasts are spaced out.
+LAGGING = 0.1
+MAX_BROADCAST_BACKOFF = 16
+
+
 def group_name(room: str) -> str:
     """The channel-layer group of a room's presence."""
     return f"presence.{room}"
@@ -131,6 +137,7 @@ class Tracker(Ticking):
         self.rebuild_needed = False
         self.last_reap = 0.0
         self.last_broadcast = 0.0
+        self.broadcast_backoff = 1
         self.stats = {"ticks": 0, "store_calls": 0, "broadcasts": 0, "outages": 0}
 
     # Settings, read each time so override_settings works -------------------
@@ -345,7 +352,18 @@ class Tracker(Ticking):
                              exc_info=result)
 
     async def _broadcast(self, now: float) -> None:
+        # Under overload (a reconnect storm: the loop's ticks run late) broadcasts
+        # are spaced out, up to 16 times, so the fan-out of diffs (each recipient
+        # costs a dispatch and a send) does not starve handshakes and heartbeats;
+        # the diffs are merged meanwhile, nothing is lost.
+        lag = get_scheduler().lag
+        if lag > LAGGING:
+            self.broadcast_backoff = min(self.broadcast_backoff * 2, MAX_BROADCAST_BACKOFF)
+        elif lag < LAGGING / 2:
+            self.broadcast_backoff = max(1, self.broadcast_backoff // 2)
         interval = conf.get("PRESENCE_BROADCAST_INTERVAL")
+        if self.broadcast_backoff > 1:
+            interval = (interval or conf.tick()) * self.broadcast_backoff
         if interval is not None and now - self.last_broadcast < interval:
             return
         self.last_broadcast = now
