@@ -102,6 +102,8 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold):
     rec["gc_gen2_pauses_over_10ms"] = len(pauses)
     rec["gc_gen2_pause_max_ms"] = max(pauses) if pauses else None
     rec["tracebacks"] = log.count("Traceback")
+    # A store call slower than PRESENCE_STORE_TIMEOUT counts as an outage in the tracker.
+    rec["presence_outages"] = log.count("presence store unavailable")
     print({k: v for k, v in rec.items() if k != "ping_series"}, flush=True)
     return rec
 
@@ -119,16 +121,17 @@ def run(args):
     finally:
         bl.redis_cleanup()
     data = {"machine": facts, "args": vars(args), "runs": recs}
-    bl.save_results("capacity", data)
-    plot(data)
-    bl.update_doc("capacity", render(data))
+    name = f"capacity-{args.tag}" if args.tag else "capacity"
+    bl.save_results(name, data)
+    plot(data, name)
+    bl.update_doc(name, render(data, name))
 
 
 LABELS = {"bare": "bare AsyncWebsocketConsumer", "memory": "RoomConsumer, in-memory layer",
           "redis": "RoomConsumer, Redis layer and presence"}
 
 
-def plot(data):
+def plot(data, name="capacity"):
     plt = bl.pyplot()
     runs = data["runs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8),
@@ -152,20 +155,25 @@ def plot(data):
     ax2.set_title("Responsiveness during the soak (interval 5 s, timeout 5 s)")
     ax2.legend(fontsize=7, markerscale=4)
     fig.tight_layout()
-    fig.savefig(bl.plot_path("capacity"))
+    fig.savefig(bl.plot_path(name))
 
 
-def render(data):
+def render(data, name="capacity"):
     runs, a = data["runs"], data["args"]
     bare = next((r for r in runs if r["variant"] == "bare"), None)
+    title = "Capacity: sessions per Daphne process"
+    if a.get("tag"):
+        title += f" ({a['tag']}: `gc.set_threshold({a['gc_threshold']})`)" \
+            if a.get("gc_threshold") else f" ({a['tag']})"
     lines = [
-        "## Capacity: sessions per Daphne process", "",
+        f"## {title}", "",
         bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python bench/capacity.py --sessions {a['sessions']} --soak "
         f"{a['soak']:g} --variants {a['variants']}"
         + (f" --gc-threshold {a['gc_threshold']}" if a.get("gc_threshold") else "")
         + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
-        + "` (results: `bench/results/capacity.json`).",
+        + (f" --tag {a['tag']}" if a.get("tag") else "")
+        + f"` (results: `bench/results/{name}.json`).",
         "",
         f"One Daphne process on CPU 0, its open-file limit raised to the hard limit (20,000 "
         f"on this machine, which allows no more); client processes on CPU 1, at most "
@@ -179,7 +187,7 @@ def render(data):
         f"`HEARTBEAT_TIMEOUT=5`; every client answers the server's probes, a probe client "
         f"pings a bare consumer on the same server every 50 ms, and a false zombie is any "
         f"'silent for' line in the server log.", "",
-        "![Memory per session and responsiveness during the soak](img/bench-capacity.png)", "",
+        f"![Memory per session and responsiveness during the soak](img/bench-{name}.png)", "",
         "| variant | connected | failed | connect rate | CPU per connect | handshake p50 / "
         "p99 | RSS | RSS per session | vs bare |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -191,7 +199,7 @@ def render(data):
             f"{r['connect_rate']:,.0f}/s | {r['cpu_ms_per_connect']:.2f} ms | "
             f"{bl.fmt(r['handshake_p50_ms'])} / {bl.fmt(r['handshake_p99_ms'])} ms | "
             f"{r['rss_mb']:.0f} MB | {r['kib_per_session']:.1f} KiB | "
-            f"{bl.fmt(ratio, 2)}× |")
+            f"{bl.fmt(ratio, 2) + '×' if ratio else '–'} |")
     soaked = [r for r in runs if "soak_s" in r]
     if soaked:
         lines += ["", "| variant | soak | server CPU | probes answered | open after | closes "
@@ -218,9 +226,10 @@ def main():
         # Redraw the plot and the doc section from the saved results, without measuring.
         import json
 
-        data = json.loads((bl.RESULTS / "capacity.json").read_text())
-        plot(data)
-        bl.update_doc("capacity", render(data))
+        name = sys.argv[2] if len(sys.argv) > 2 else "capacity"
+        data = json.loads((bl.RESULTS / f"{name}.json").read_text())
+        plot(data, name)
+        bl.update_doc(name, render(data, name))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=19000)
@@ -229,6 +238,7 @@ def main():
     parser.add_argument("--processes", type=int, default=0)
     parser.add_argument("--inflight", type=int, default=50, help="handshakes per process")
     parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
+    parser.add_argument("--tag", default="", help="results and doc section of their own")
     run(parser.parse_args())
 
 

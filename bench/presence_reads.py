@@ -122,13 +122,15 @@ def render(data):
                   "more.** The store's members script passes every live session to one "
                   "`HMGET` through Lua's `unpack()`, which Redis's Lua limits to fewer than "
                   "8,000 values (`heartbeat_app/redis_store.py`, the `_MEMBERS` script). A "
-                  "join to such a room reads `members()` for its `presence_state`, so it "
-                  "fails too. Reading the metas in chunks inside the script would remove "
+                  "join to such a room reads `members()` for its `presence_state` "
+                  "(`Tracker.join`), and the error is not one the tracker treats as an "
+                  "outage, so the join should fail too (read from the code, not measured "
+                  "here). Reading the metas in chunks inside the script would remove "
                   "the limit; until then, rooms must stay under 8,000 live sessions."]
     lines += ["", "`count()` is one round trip whatever the room's size; `members()` grows "
               "with the room (every meta crosses the wire and is decoded). A newcomer gets "
-              "`members()` of each of its rooms in its `presence_state`, so joining a room "
-              "of 10,000 costs that much."]
+              "`members()` of each of its rooms in its `presence_state`, so every join to "
+              "a big room pays that read."]
     return "\n".join(lines)
 
 
