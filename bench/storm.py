@@ -99,6 +99,7 @@ def storm(work, n_clients, args):
         "http_500": sum(v for key, v in errors.items() if " 500 " in key),
         "http_refused": sum(v for key, v in errors.items() if key.startswith("HTTP/")),
         "max_connections_errors": log.count("MaxConnectionsError"),
+        "presence_outages": log.count("presence store unavailable"),
     }
     print(summary, flush=True)
     time.sleep(2)

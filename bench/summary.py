@@ -78,6 +78,33 @@ def rows():
                 out.append((f"false zombies in a {r['soak_s']:.0f} s soak at interval 5 s, "
                             f"timeout 5 s ({layer})", str(r["false_zombies"]), "0",
                             yes(r["false_zombies"] == 0)))
+    for tag in ("gc", "gc19k"):
+        tuned = load(f"capacity-{tag}")
+        if not tuned:
+            continue
+        gc_args = tuned["args"].get("gc_threshold")
+        for r in tuned["runs"]:
+            what = (f"{r['variant']}, `gc.set_threshold({gc_args})`" if gc_args
+                    else r["variant"])
+            if r["target"] >= 19000:
+                out.append((f"sessions held on one Daphne process ({what})",
+                            f"{r['connected']:,} of {r['target']:,} tried", "19,000",
+                            yes(r["connected"] >= 19000)))
+            if cap and runs.get("bare"):
+                b = runs["bare"]
+                ratio = r["kib_per_session"] / b["kib_per_session"]
+                out.append((f"RSS per session at {r['connected']:,}, mixin ÷ bare ({what}; "
+                            f"bare measured at {b['connected']:,})",
+                            f"{r['kib_per_session']:.1f} ÷ {b['kib_per_session']:.1f} KiB = "
+                            f"{ratio:.2f}", "≤ 1.5", yes(ratio <= 1.5)))
+            if "soak_s" in r:
+                out.append((f"false zombies in a {r['soak_s']:.0f} s soak at {r['connected']:,} "
+                            f"({what})", str(r["false_zombies"]), "0",
+                            yes(r["false_zombies"] == 0)))
+                out.append((f"probe ping in that soak, p50 / p99 / max ({what})",
+                            f"{r['ping_p50_ms']:.1f} / {r['ping_p99_ms']:.0f} / "
+                            f"{r['ping_max_ms']:.0f} ms", "p99 ≤ 20 ms",
+                            yes(r["ping_p99_ms"] <= 20)))
     z = load("zombies")
     if z:
         s = z["summary"]
