@@ -7,8 +7,11 @@ the server's probes, a probe client pings every 50 ms. Variants, each on a fresh
 a bare AsyncWebsocketConsumer (memory per connection measured the same way), the demo's
 RoomConsumer (rooms of 100) with the in-memory layer, and with Redis.
 
-    .venv/bin/python bench/capacity.py [--sessions 19000] [--soak 60]
-        [--variants bare,memory,redis]
+    .venv/bin/python bench/capacity.py [--sessions 5000] [--soak 60]
+        [--variants bare,memory,redis] [--gc-threshold 50000,20,100 --tag gc]
+
+With the default collector thresholds a ramp to 19,000 stalls in full collections on a
+2-core machine (see docs/benchmarks.md); --gc-threshold tunes the server's collector.
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ def main():
         bl.update_doc(name, render(data, name))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=19000)
+    parser.add_argument("--sessions", type=int, default=5000)
     parser.add_argument("--soak", type=float, default=60.0)
     parser.add_argument("--variants", default="bare,memory,redis")
     parser.add_argument("--processes", type=int, default=0)
