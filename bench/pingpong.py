@@ -249,9 +249,9 @@ def render(data, ns):
     if above and min(above) > 1:
         lines += ["", "The mixin beats the bare consumer because its receive pump answers a "
                   "ping as soon as the server hands it over, before Channels' dispatch. A "
-                  "plain consumer with a channel layer configured gets every frame through "
-                  "Channels' `await_many_dispatch`, which waits on the layer and the socket "
-                  "with `asyncio.wait` and makes a new task for each message; that costs more "
+                  "plain consumer gets every frame through Channels' `await_many_dispatch`, "
+                  "which makes a new task for each message and waits with `asyncio.wait` (on "
+                  "the socket and, with a channel layer, on the layer too); that costs more "
                   "than the heartbeat work itself. Frames for the application still take "
                   "Channels' path, so this gain is for heartbeats only."]
     wc = s.get("wslib", {}).get("wslib", {}).get(max(ns), {}).get("client_cpu_pct")
