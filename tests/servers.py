@@ -103,12 +103,18 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Terminate a process, kill it if it lingers past ``grace`` seconds, reap it."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            self.proc.wait(timeout=10)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            proc.kill()
+    proc.wait(timeout=grace)
 
 
 def server_env(database_url: str, **overrides: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, free_port, server_env
+from tests.servers import ServerProcess, free_port, server_env, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -93,12 +93,7 @@ class Chromium:
             self.browser.close()
             self.playwright.stop()
         finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, server_env
+from tests.servers import ROOT, server_env, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -114,13 +114,7 @@ class Proc:
         return out
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 def until(predicate, timeout, step=0.01):
