@@ -30,6 +30,9 @@ from .state import SessionState
 
 logger = logging.getLogger(__name__)
 
+# Probes sent before the tick yields to the event loop once.
+PROBE_BATCH = 64
+
 
 class Scheduler:
     """Drives the heartbeats of every session on one event loop."""
@@ -126,8 +129,12 @@ class Scheduler:
             due = self._judge(session, now, probes, zombies)
             if due is not None:
                 self._push(session, due)
-        for session in probes:
+        for count, session in enumerate(probes, 1):
             await self._probe(session)
+            if count % PROBE_BATCH == 0:
+                # Let frames in between batches: hundreds of probes sent back to
+                # back would hold every other message up for the whole tick.
+                await asyncio.sleep(0)
         for session in zombies:
             self.sessions.discard(session)
             self.stats["zombies"] += 1

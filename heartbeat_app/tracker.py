@@ -133,6 +133,7 @@ class Tracker(Ticking):
         self.dirty: set[str] = set()
         self.diffs: dict[str, dict[str, dict]] = {}
         self.unsynced_leaves: list[tuple[str, str, str]] = []
+        self.unsynced_joins: set[str] = set()
         self.degraded = False
         self.rebuild_needed = False
         self.last_reap = 0.0
@@ -160,17 +161,30 @@ class Tracker(Ticking):
         self.stats["store_calls"] += 1
         try:
             result = await asyncio.wait_for(coro, conf.get("PRESENCE_STORE_TIMEOUT"))
-        except (TimeoutError, StoreUnavailable, ConnectionError, OSError) as exc:
-            if not self.degraded:
-                self.degraded = True
-                self.stats["outages"] += 1
-                logger.warning("presence store unavailable, presence degraded: %s", exc)
+        except TimeoutError as exc:
+            if get_scheduler().lag > LAGGING:
+                # The event loop is behind, not the store: the call just could not
+                # be served in time. Retry later without declaring an outage, whose
+                # recovery would re-join every session of an already busy process.
+                self.stats["slow_calls"] = self.stats.get("slow_calls", 0) + 1
+                raise StoreUnavailable("presence store call late: the event loop lags") \
+                    from exc
+            self._outage(exc)
+            raise StoreUnavailable(str(exc)) from exc
+        except (StoreUnavailable, ConnectionError, OSError) as exc:
+            self._outage(exc)
             raise StoreUnavailable(str(exc)) from exc
         if self.degraded:
             self.degraded = False
             self.rebuild_needed = True
             logger.warning("presence store is back: rebuilding presence from live sessions")
         return result
+
+    def _outage(self, exc: Exception) -> None:
+        if not self.degraded:
+                self.degraded = True
+                self.stats["outages"] += 1
+                logger.warning("presence store unavailable, presence degraded: %s", exc)
 
     # Called by consumers -----------------------------------------------------
 
@@ -187,7 +201,9 @@ class Tracker(Ticking):
                 self._queue(await self._call(self.store.join(room, metas[room], self.ttl_ms())))
                 members = await self._call(self.store.members(room))
             except StoreUnavailable:
-                self.rebuild_needed = True  # state is sent once the store is back
+                # Joined (and sent its state) at a later tick, or by the rebuild
+                # when the store comes back from an outage.
+                self.unsynced_joins.add(state.id)
                 continue
             await consumer._presence_send({"type": "presence_state", "room": room,
                                            "members": members})
@@ -232,6 +248,7 @@ class Tracker(Ticking):
             await self._refresh(now)
             if self.rebuild_needed:
                 await self._rebuild()
+            await self._flush_joins()
             await self._flush_updates()
             await self._flush_leaves(now)
             await self._maybe_reap(now)
@@ -259,6 +276,7 @@ class Tracker(Ticking):
 
     async def _rebuild(self) -> None:
         self.rebuild_needed = False
+        self.unsynced_joins.clear()  # every live session is joined again below
         for room, session, reason in self.unsynced_leaves[:]:
             self._queue(await self._call(self.store.leave(room, session, reason)))
             self.unsynced_leaves.remove((room, session, reason))
@@ -274,6 +292,17 @@ class Tracker(Ticking):
                 members = await self._call(self.store.members(room))
                 await local.consumer._presence_send(
                     {"type": "presence_state", "room": room, "members": members})
+
+    async def _flush_joins(self) -> None:
+        for session_id in list(self.unsynced_joins):
+            local = self.local.get(session_id)
+            if local is not None and local.leave_at is None:
+                for room, meta in local.metas.items():
+                    self._queue(await self._call(self.store.join(room, meta, self.ttl_ms())))
+                    members = await self._call(self.store.members(room))
+                    await local.consumer._presence_send(
+                        {"type": "presence_state", "room": room, "members": members})
+            self.unsynced_joins.discard(session_id)
 
     async def _flush_updates(self) -> None:
         while self.dirty:

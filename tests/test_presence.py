@@ -10,6 +10,7 @@ from channels.testing import WebsocketCommunicator
 from heartbeat_app import presence, signals, tracker
 from heartbeat_app.consumers import HeartbeatMixin
 from heartbeat_app.scheduler import Scheduler, set_scheduler
+from heartbeat_app.store import MemoryStore
 
 MS = 0.001
 TICK = 50 * MS
@@ -250,3 +251,39 @@ async def test_bad_room_name_is_refused(clock):
     assert (await communicator.receive_json_from())["type"] == "hello"
     with pytest.raises(ValueError, match="Presence room names"):
         await communicator.receive_output()
+
+
+class _LateStore(MemoryStore):
+    """The memory store, answering joins late (as a busy process would serve them)."""
+
+    delay = 0.0
+
+    async def join(self, *args, **kwargs):
+        await asyncio.sleep(self.delay)
+        return await super().join(*args, **kwargs)
+
+
+async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(clock, settings):
+    """Slowness of our own loop retries the join later; it never flips presence to degraded."""
+    settings.PRESENCE_STORE_TIMEOUT = 0.05
+    store = _LateStore()
+    store.delay = 0.2
+    active = tracker.Tracker(store)
+    tracker.trackers.set(active)
+    tracker._store = store  # noqa: SLF001 (the process's store, as get_store() returns it)
+    clock.scheduler.lag = 0.5
+    communicator = WebsocketCommunicator(RoomConsumer.as_asgi(), "/ws/rooms/lobby/?tab=late")
+    communicator.scope["url_route"] = {"kwargs": {"room": "lobby"}}
+    await communicator.connect()
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    await asyncio.sleep(0.15)  # the join gives up after the 50 ms store timeout
+    assert not active.degraded and active.unsynced_joins
+    store.delay = 0.0
+    clock.scheduler.lag = 0.0
+    active._task.cancel()
+    await active.step()
+    state = await communicator.receive_json_from()
+    assert state["type"] == "presence_state" and "anon:late" in state["members"]
+    assert not active.degraded and not active.unsynced_joins
+    assert active.stats["outages"] == 0
+    await communicator.disconnect(code=1000)
