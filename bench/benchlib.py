@@ -37,6 +37,8 @@ NOFILE = 20000
 
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
+from tests.servers import stop_process  # noqa: E402
+
 
 def free_port(host: str = HOST) -> int:
     with socket.socket() as sock:
@@ -144,12 +146,7 @@ class Server:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, grace=15)
 
     def __enter__(self):
         return self.start()
