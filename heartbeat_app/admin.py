@@ -26,7 +26,7 @@ from .models import (
     ServerInstance,
     Session,
 )
-from .protocol import CloseCode
+from .protocol import CloseCode, CloseReason
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class SessionAdmin(ReadOnlyAdmin):
                 meaning = CloseCode(obj.close_code).description
             except (ValueError, TypeError):
                 meaning = "close"
-            events.append((obj.closed_at, f"ended: {obj.close_reason or 'closed'} "
+            events.append((obj.closed_at, f"ended: {obj.close_reason or CloseReason.CLOSED} "
                                           f"(code {obj.close_code}, {meaning})"))
         else:
             events.append((timezone.now(), f"still open: {obj.get_status()}"))

@@ -98,10 +98,7 @@ def _seconds(value: Any) -> float | None:
 
 @receiver(setting_changed)
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
-    if setting in DEFAULTS or setting.startswith(("HEARTBEAT_", "PRESENCE_")) or (
-        setting == "CHANNEL_LAYERS"
-    ):
+    # Objects built from these settings (the presence store) are forgotten by
+    # their owners' own receivers; this module imports nothing from the app.
+    if setting in DEFAULTS or setting.startswith(("HEARTBEAT_", "PRESENCE_")):
         _cache.clear()
-        from . import tracker
-
-        tracker.reset_store()

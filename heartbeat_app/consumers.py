@@ -15,97 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
+from .layers import survive_outages
+from .limits import TokenBucket
+from .options import FROM_SETTINGS, HeartbeatOptions
 from .presence import PresenceMixin
-from .protocol import CloseCode, ProtocolError
-from .recorder import get_recorder
-from .scheduler import get_scheduler
+from .protocol import CloseCode, CloseReason, ProtocolError
+from .recorder import Recorder
+from .runtime import get_runtime
+from .scheduler import Scheduler
 from .signals import session_closed, session_opened, zombie_detected
 from .state import SessionState
 
 logger = logging.getLogger(__name__)
 
-#: Marks a per-class override left to the settings.
-FROM_SETTINGS: Any = object()
-
-# Why a session ended, as recorded on it and shown in the admin.
-REASON_CLOSED = "closed"
-REASON_TIMEOUT = "timeout"
-REASON_TRANSPORT_LOST = "transport_lost"
-REASON_SERVER_CLOSED = "server_closed"
-REASON_ADMIN = "admin"
-REASON_RATE_LIMITED = "rate_limited"
-REASON_SERVER_ERROR = "server_error"
-REASON_SERVER_SHUTDOWN = "server_shutdown"
+__all__ = ["FROM_SETTINGS", "HeartbeatMixin"]
 
 _REASON_BY_SERVER_CODE = {
-    CloseCode.HEARTBEAT_TIMEOUT: REASON_TIMEOUT,
-    CloseCode.SERVER_CLOSE: REASON_ADMIN,
-    CloseCode.TOO_MANY_MESSAGES: REASON_RATE_LIMITED,
+    CloseCode.HEARTBEAT_TIMEOUT: CloseReason.TIMEOUT,
+    CloseCode.SERVER_CLOSE: CloseReason.ADMIN,
+    CloseCode.TOO_MANY_MESSAGES: CloseReason.RATE_LIMITED,
 }
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class HeartbeatMixin(PresenceMixin):
+class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
     """Answers pings, probes silent connections, closes zombies with 4408, tracks presence."""
-
-    #: Seconds of silence before a probe; FROM_SETTINGS reads HEARTBEAT_INTERVAL.
-    heartbeat_interval: float | None = FROM_SETTINGS
-    #: Seconds after that before a 4408 close; FROM_SETTINGS reads HEARTBEAT_TIMEOUT.
-    heartbeat_timeout: float | None = FROM_SETTINGS
-    #: Heartbeat frames per second allowed; FROM_SETTINGS reads HEARTBEAT_RATE_LIMIT.
-    heartbeat_rate_limit: float | None = FROM_SETTINGS
 
     #: The live session's state once accepted, else None.
     heartbeat_session: SessionState | None = None
-
-    # Overridable hooks -------------------------------------------------------
-
-    def get_heartbeat_interval(self) -> float | None:
-        """Seconds of silence before this connection is probed, or None."""
-        if self.heartbeat_interval is FROM_SETTINGS:
-            return conf.interval()
-        return self.heartbeat_interval
-
-    def get_heartbeat_timeout(self) -> float | None:
-        """Seconds after the interval before a silent connection is closed, or None."""
-        if self.heartbeat_timeout is FROM_SETTINGS:
-            return conf.timeout()
-        return self.heartbeat_timeout
-
-    def get_heartbeat_rate_limit(self) -> float | None:
-        """Heartbeat frames per second this connection may send, or None."""
-        if self.heartbeat_rate_limit is FROM_SETTINGS:
-            value = conf.get("HEARTBEAT_RATE_LIMIT")
-            return None if value is None else float(value)
-        return self.heartbeat_rate_limit
-
-    def get_heartbeat_tab(self) -> str:
-        """The tab id from the connect URL (``?tab=``), or a new one."""
-        from urllib.parse import parse_qs
-
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        tab = query.get("tab", [None])[0]
-        if protocol.valid_tab_id(tab):
-            return tab
-        import secrets
-
-        return secrets.token_urlsafe(12)
-
-    def get_heartbeat_user_key(self, tab: str) -> str:
-        """The member key: the user's primary key, or ``anon:<tab>``."""
-        user = self.scope.get("user")
-        if user is not None and getattr(user, "is_authenticated", False):
-            return str(user.pk)
-        return f"anon:{tab}"
 
     # ASGI plumbing -----------------------------------------------------------
 
@@ -119,7 +60,7 @@ class HeartbeatMixin(PresenceMixin):
         # Channels assigns this in __call__; wrapping it here keeps a Redis
         # outage from killing every consumer of the process (channels_redis
         # raises out of receive(), which ends the consumer with 1011).
-        self._heartbeat_channel_receive = _survive_outages(receive)
+        self._heartbeat_channel_receive = survive_outages(receive)
 
     async def __call__(self, scope, receive, send):
         # Inbound messages are read by a pump task of our own, so pings are
@@ -151,9 +92,9 @@ class HeartbeatMixin(PresenceMixin):
             if session is not None and not session.closed:
                 # The consumer stopped without a disconnect: it raised, or was cancelled.
                 if cancelled:
-                    await self._heartbeat_end(CloseCode.GOING_AWAY, REASON_SERVER_SHUTDOWN)
+                    await self._heartbeat_end(CloseCode.GOING_AWAY, CloseReason.SERVER_SHUTDOWN)
                 else:
-                    await self._heartbeat_end(CloseCode.INTERNAL_ERROR, REASON_SERVER_ERROR)
+                    await self._heartbeat_end(CloseCode.INTERNAL_ERROR, CloseReason.SERVER_ERROR)
 
     async def _heartbeat_pump(self, receive, inbox: asyncio.Queue) -> None:
         try:
@@ -206,7 +147,7 @@ class HeartbeatMixin(PresenceMixin):
         if session is not None and session.close_code is None:
             session.close_code = code if isinstance(code, int) and code is not True else 1000
             session.close_reason = _REASON_BY_SERVER_CODE.get(
-                session.close_code, REASON_SERVER_CLOSED
+                session.close_code, CloseReason.SERVER_CLOSED
             )
         await super().close(code=code, reason=reason)
 
@@ -246,44 +187,47 @@ class HeartbeatMixin(PresenceMixin):
         )
 
     async def _heartbeat_open(self) -> None:
+        runtime = get_runtime()
         interval = self.get_heartbeat_interval()
         timeout = self.get_heartbeat_timeout() if interval is not None else None
         tab = self.get_heartbeat_tab()
         headers = dict(self.scope.get("headers") or [])
         client = self.scope.get("client") or ("", "")
+        user = self.scope.get("user")
         session = SessionState(
             tab=tab,
             interval=interval,
             timeout=timeout,
             user_key=self.get_heartbeat_user_key(tab),
+            user_id=user.pk if getattr(user, "is_authenticated", False) else None,
             path=self.scope.get("path", ""),
             client=f"{client[0]}:{client[1]}" if client and client[0] else "",
             user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:300],
+            channel=getattr(self, "channel_name", "") or "",
+            opened_at=runtime.clock.wall(),
+            bucket=TokenBucket(self.get_heartbeat_rate_limit(), conf.get("HEARTBEAT_RATE_BURST")),
             on_probe=self._heartbeat_send_probe,
             on_zombie=self._heartbeat_zombie,
         )
-        rate = self.get_heartbeat_rate_limit()
-        session.extra["bucket"] = _TokenBucket(rate, conf.get("HEARTBEAT_RATE_BURST"))
         self.heartbeat_session = session
-        self._heartbeat_scheduler = get_scheduler()
+        self._heartbeat_runtime = runtime
+        self._heartbeat_scheduler = runtime.service(Scheduler)
         await self._heartbeat_send(protocol.hello(
             session.id,
             tab,
             None if interval is None else int(interval * 1000),
             None if timeout is None else int(timeout * 1000),
-            _now_ms(),
+            runtime.clock.wall_ms(),
         ))
         self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
+        runtime.metrics.opened.inc()
+        runtime.metrics.sessions.inc()
         logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
         await self._heartbeat_signal(session_opened, session=session)
-        user = self.scope.get("user")
-        if user is not None and getattr(user, "is_authenticated", False):
-            session.extra["user_id"] = user.pk
-        await self._presence_open(session)
-        get_recorder().opened(session, self._heartbeat_scheduler,
-                              getattr(self, "channel_name", "") or "")
+        await self._presence_open(session, self._heartbeat_send)
+        runtime.service(Recorder).opened(session)
 
-    async def _heartbeat_end(self, code: int | None, reason: str | None = None) -> None:
+    async def _heartbeat_end(self, code: int | None, reason: CloseReason | None = None) -> None:
         session = self.heartbeat_session
         if session is None or session.closed:
             return
@@ -292,13 +236,17 @@ class HeartbeatMixin(PresenceMixin):
         if session.close_code is None:
             session.close_code = code
             if reason is None:
-                reason = REASON_TRANSPORT_LOST if code == CloseCode.ABNORMAL else REASON_CLOSED
+                reason = (CloseReason.TRANSPORT_LOST if code == CloseCode.ABNORMAL
+                          else CloseReason.CLOSED)
             session.close_reason = reason
         logger.debug(
             "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
             session.close_code,
         )
-        get_recorder().closed(session)
+        metrics = self._heartbeat_runtime.metrics
+        metrics.sessions.dec()
+        metrics.closed.inc(reason=str(session.close_reason))
+        self._heartbeat_runtime.service(Recorder).closed(session)
         try:
             await self._presence_close(session)
         except Exception:
@@ -325,16 +273,18 @@ class HeartbeatMixin(PresenceMixin):
         if beat.visible is not None and beat.visible != session.visible:
             session.visible = beat.visible
             self._presence_visibility(session)
+        runtime = self._heartbeat_runtime
         if beat.type == protocol.PING:
-            await self._heartbeat_send(protocol.pong(beat.id, _now_ms()))
+            runtime.metrics.pings.inc()
+            await self._heartbeat_send(protocol.pong(beat.id, runtime.clock.wall_ms()))
         elif beat.id == session.probe_id and session.probe_sent_raw is not None:
-            session.record_rtt(self._heartbeat_scheduler.clock() - session.probe_sent_raw)
+            session.record_rtt(runtime.clock.monotonic() - session.probe_sent_raw)
+            runtime.metrics.rtt.observe(session.rtt)
             session.probe_sent_raw = None
         return True
 
     async def _heartbeat_allow(self, session: SessionState) -> bool:
-        bucket = session.extra["bucket"]
-        if bucket.take(self._heartbeat_scheduler.clock()):
+        if session.bucket.take(self._heartbeat_runtime.clock.monotonic()):
             return True
         if session.close_code is None:
             retry = conf.get("HEARTBEAT_RETRY_AFTER_MS")
@@ -361,7 +311,7 @@ class HeartbeatMixin(PresenceMixin):
             logger.debug("heartbeat send on a closing connection failed: %r", exc)
 
     async def _heartbeat_send_probe(self, probe_id: str) -> None:
-        self.heartbeat_session.extra["last_probe_wall"] = time.time()
+        self.heartbeat_session.last_probe_wall = self._heartbeat_runtime.clock.wall()
         await self._heartbeat_send(protocol.probe(probe_id))
 
     async def _heartbeat_zombie(self, silence: float) -> None:
@@ -378,8 +328,8 @@ class HeartbeatMixin(PresenceMixin):
             await self._heartbeat_end(session.close_code, session.close_reason)
             return
         session.close_code = int(CloseCode.HEARTBEAT_TIMEOUT)
-        session.close_reason = REASON_TIMEOUT
-        session.extra["zombie_wall"] = time.time()
+        session.close_reason = CloseReason.TIMEOUT
+        session.zombie_wall = self._heartbeat_runtime.clock.wall()
         try:
             # The close frame first: when many zombies go at once (a lift full of
             # phones), every close leaves before any signal receiver or teardown runs.
@@ -387,7 +337,7 @@ class HeartbeatMixin(PresenceMixin):
             await self._heartbeat_signal(zombie_detected, session=session, silence=silence)
         finally:
             # Torn down now, not when the transport finally notices.
-            await self._heartbeat_end(CloseCode.HEARTBEAT_TIMEOUT, REASON_TIMEOUT)
+            await self._heartbeat_end(CloseCode.HEARTBEAT_TIMEOUT, CloseReason.TIMEOUT)
 
     async def _heartbeat_signal(self, signal, **kwargs) -> None:
         for receiver, result in await signal.asend_robust(
@@ -406,7 +356,7 @@ class HeartbeatMixin(PresenceMixin):
         session = self.heartbeat_session
         if session is not None and session.close_code is None:
             session.close_code = code
-            session.close_reason = REASON_ADMIN
+            session.close_reason = CloseReason.ADMIN
         text = event.get("reason")
         await super().close(code=code, reason=str(text) if text else "closed by the server")
 
@@ -415,58 +365,8 @@ class HeartbeatMixin(PresenceMixin):
         session = self.heartbeat_session
         if session is None or session.closed:
             return
-        scheduler = self._heartbeat_scheduler
         session.probes_sent += 1
         session.probe_id = f"s{session.probes_sent}"
-        session.probe_sent_raw = scheduler.clock()
+        session.probe_sent_raw = self._heartbeat_runtime.clock.monotonic()
         await self._heartbeat_send_probe(session.probe_id)
         logger.info("heartbeat session %s probed on request", session.id)
-
-
-_layer_outage = {"on": False}
-
-
-def _survive_outages(receive):
-    async def receive_surviving_outages():
-        delay = 0.1
-        while True:
-            try:
-                message = await receive()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not _layer_outage["on"]:
-                    _layer_outage["on"] = True  # one warning per outage, per process
-                    logger.warning("channel layer receive failed, retrying: %r", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if _layer_outage["on"]:
-                _layer_outage["on"] = False
-                logger.warning("channel layer receive works again")
-            return message
-
-    return receive_surviving_outages
-
-
-class _TokenBucket:
-    """A token bucket: ``rate`` frames per second sustained, ``burst`` at once."""
-
-    __slots__ = ("rate", "burst", "tokens", "stamp")
-
-    def __init__(self, rate: float | None, burst: int):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp: float | None = None
-
-    def take(self, now: float) -> bool:
-        if self.rate is None:
-            return True
-        if self.stamp is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False

@@ -10,37 +10,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
 
-from . import conf
+from . import conf, protocol
+from .protocol import CloseReason, LeaveReason
 from .state import SessionState
-from .tracker import get_store, get_tracker
+from .stores import get_store
+from .tracker import Tracker, get_tracker
 
 logger = logging.getLogger(__name__)
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
-# Store fields that are the server's business, never sent to clients.
-PRIVATE_META = frozenset({"channel", "instance"})
-
-
-def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """A meta as clients see it."""
-    return {k: v for k, v in meta.items() if k not in PRIVATE_META}
-
-
-def public_members(members: dict[str, dict]) -> dict[str, dict]:
-    """Members as clients see them."""
-    return {key: {"metas": [public_meta(m) for m in value["metas"]]}
-            for key, value in members.items()}
+public_members = protocol.public_members
 
 
 class PresenceMixin:
-    """Presence for HeartbeatMixin consumers: join rooms on accept, leave on every end."""
+    """Presence for HeartbeatMixin consumers: join rooms on accept, leave on every end.
+
+    The heartbeat side hands over the session and a ``send`` callable when the
+    session opens; everything presence sends goes through that callable.
+    """
 
     #: Rooms this consumer's sessions are present in; or override get_presence_rooms().
     presence_rooms: list[str] | None = None
+
+    _presence_tracker: Tracker | None = None
+    _presence_session: SessionState | None = None
+    _presence_send: Callable[[dict[str, Any]], Awaitable[Any]] | None = None
 
     def get_presence_rooms(self) -> list[str]:
         """The rooms of this connection (none: no presence)."""
@@ -50,7 +49,8 @@ class PresenceMixin:
         """Extra, JSON-serialisable fields for this session's meta in every room."""
         return {}
 
-    async def _presence_open(self, session: SessionState) -> None:
+    async def _presence_open(self, session: SessionState,
+                             send: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
         rooms = self.get_presence_rooms()
         if not rooms:
             return
@@ -59,49 +59,42 @@ class PresenceMixin:
                 raise ValueError(
                     f"Presence room names are 1 to 80 letters, digits, '_', '-' or '.': {room!r}"
                 )
-        if getattr(self, "channel_layer", None) is None:
+        layer = getattr(self, "channel_layer", None)
+        if layer is None:
             logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
             return
-        session.extra["rooms"] = list(rooms)
+        session.rooms = list(rooms)
+        self._presence_session, self._presence_send = session, send
         self._presence_tracker = get_tracker()
-        await self._presence_tracker.join(self, session, rooms, self.get_presence_meta())
+        await self._presence_tracker.join(session, rooms, self.get_presence_meta(),
+                                          layer=layer, send=send)
 
     async def _presence_close(self, session: SessionState) -> None:
-        tracker = getattr(self, "_presence_tracker", None)
+        tracker = self._presence_tracker
         if tracker is None:
             return
-        if session.close_reason == "timeout":
-            await tracker.leave(session, "timeout", grace=False)
+        if session.close_reason == CloseReason.TIMEOUT:
+            await tracker.leave(session, LeaveReason.TIMEOUT, grace=False)
             return
         # A tab that went away (reload, navigation, lost network) may come back
         # with the same tab id within the grace; an explicit close (1000) or a
         # server-side close leaves at once.
-        grace = session.close_reason == "transport_lost" or (
-            session.close_reason == "closed" and session.close_code not in (1000, None)
+        grace = session.close_reason == CloseReason.TRANSPORT_LOST or (
+            session.close_reason == CloseReason.CLOSED
+            and session.close_code not in (1000, None)
         )
-        await tracker.leave(session, "closed", grace=grace)
+        await tracker.leave(session, LeaveReason.CLOSED, grace=grace)
 
     def _presence_visibility(self, session: SessionState) -> None:
-        tracker = getattr(self, "_presence_tracker", None)
-        if tracker is not None:
-            tracker.visibility_changed(session)
-
-    async def _presence_send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "presence_state":
-            message = {**message, "members": public_members(message["members"])}
-        await self._heartbeat_send(message)
+        if self._presence_tracker is not None:
+            self._presence_tracker.visibility_changed(session)
 
     async def presence_diff(self, event: dict[str, Any]) -> None:
-        """Forward a room's coalesced ``presence.diff`` to the client."""
-        session = self.heartbeat_session
-        if session is None or session.closed:
+        """Forward a room's coalesced ``presence.diff`` (already public) to the client."""
+        session, send = self._presence_session, self._presence_send
+        if session is None or session.closed or send is None:
             return
-        await self._heartbeat_send({
-            "type": "presence_diff",
-            "room": event["room"],
-            "joins": public_members(event["joins"]),
-            "leaves": public_members(event["leaves"]),
-        })
+        await send(protocol.presence_diff(event["room"], event["joins"], event["leaves"]))
 
 
 # The API for apps and views ---------------------------------------------------

@@ -49,6 +49,31 @@ _TAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RETRY_HINT = re.compile(r"retry_after_ms=(\d+)")
 
 
+class CloseReason(enum.StrEnum):
+    """Why a session ended, as recorded on it, sent with signals and shown in the admin."""
+
+    CLOSED = "closed"  # the client closed, or the transport ended with a code
+    TRANSPORT_LOST = "transport_lost"  # 1006: the connection dropped without a close
+    TIMEOUT = "timeout"  # closed by the server as a zombie (4408)
+    ADMIN = "admin"  # an operator's disconnect (4000 by default)
+    RATE_LIMITED = "rate_limited"  # too many heartbeat frames (4429)
+    SERVER_CLOSED = "server_closed"  # the app's own consumer closed it
+    SERVER_ERROR = "server_error"  # the consumer raised (1011)
+    SERVER_SHUTDOWN = "server_shutdown"  # the server process stopped
+    INSTANCE_LOST = "instance_lost"  # its server process died; closed by another one
+
+
+class LeaveReason(enum.StrEnum):
+    """Why a meta left a room, carried as ``reason`` by every leaving meta."""
+
+    CLOSED = "closed"  # its session ended
+    TIMEOUT = "timeout"  # its session was closed as a zombie
+    EXPIRED = "expired"  # its server stopped refreshing it
+    INSTANCE_LOST = "instance_lost"  # its server process is gone
+    UPDATE = "update"  # replaced by a newer version of the same session's meta
+    REPLACED = "replaced"  # replaced by a new session of the same tab
+
+
 class CloseCode(enum.IntEnum):
     """WebSocket close codes used by the server, the client and the admin."""
 
@@ -263,6 +288,27 @@ def close_notice(code: int, reason: str, retry_after_ms: int | None = None) -> d
     if retry_after_ms is not None:
         message["retry_after_ms"] = int(retry_after_ms)
     return message
+
+
+# Meta fields that are the server's business, never sent to clients.
+PRIVATE_META = frozenset({"channel", "instance"})
+
+
+def public_members(members: dict[str, dict]) -> dict[str, dict]:
+    """Members (key -> {"metas": [...]}) as clients see them."""
+    return {key: {"metas": [{k: v for k, v in meta.items() if k not in PRIVATE_META}
+                            for meta in value["metas"]]}
+            for key, value in members.items()}
+
+
+def presence_state(room: str, members: dict[str, dict]) -> dict[str, Any]:
+    """The full state of a room, sent to a session when it joins."""
+    return {"type": PRESENCE_STATE, "room": room, "members": members}
+
+
+def presence_diff(room: str, joins: dict[str, dict], leaves: dict[str, dict]) -> dict[str, Any]:
+    """What changed in a room since the last diff; every leaving meta has a ``reason``."""
+    return {"type": PRESENCE_DIFF, "room": room, "joins": joins, "leaves": leaves}
 
 
 def dumps(message: dict[str, Any]) -> str:

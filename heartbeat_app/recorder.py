@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import UTC, datetime, timedelta
 
 from channels.db import database_sync_to_async
@@ -20,8 +19,10 @@ from django.db import connection, transaction
 
 from . import conf
 from .instance import host, instance_id, started_at
-from .loops import PerLoop, Ticking
 from .models import ServerInstance, Session, lost_before, zombie_grace
+from .protocol import CloseCode, CloseReason
+from .runtime import Runtime, Service
+from .scheduler import Scheduler
 from .state import SessionState
 
 logger = logging.getLogger(__name__)
@@ -45,54 +46,56 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-class Recorder(Ticking):
+class Recorder(Service):
     """Writes the sessions of one event loop to the database, in bulk."""
 
-    def __init__(self, clock=time.time):
-        self.clock = clock
-        self.local: dict[str, tuple[SessionState, object]] = {}
+    name = "recorder"
+
+    def __init__(self, runtime: Runtime):
+        super().__init__(runtime)
+        self.local: dict[str, SessionState] = {}
         self.opens: dict[str, Session] = {}
         self.closes: dict[str, Session] = {}
         self.last_checkpoint = 0.0
         self.failing = False
-        self.stats = {"flushes": 0, "failures": 0}
         self._written: set[str] = set()
 
     # Called by the mixin; O(1), no I/O -----------------------------------------
 
-    def opened(self, state: SessionState, scheduler, channel_name: str = "") -> None:
-        self.local[state.id] = (state, scheduler)
-        state.extra["channel"] = channel_name
-        self._ensure_running()
+    def opened(self, state: SessionState) -> None:
+        """Queue a new session's row."""
+        self.local[state.id] = state
+        self.ensure_running()
 
     def closed(self, state: SessionState) -> None:
-        entry = self.local.pop(state.id, None)
-        scheduler = entry[1] if entry else None
-        row = self._row(state, scheduler)
-        row.closed_at = _dt(self.clock())
+        """Queue the end of a session's row."""
+        known = self.local.pop(state.id, None) is not None
+        row = self._row(state, live=known)
+        row.closed_at = _dt(self.clock.wall())
         row.close_code = state.close_code
         row.close_reason = state.close_reason
-        row.zombie_detected_at = _dt(state.extra.get("zombie_wall"))
+        row.zombie_detected_at = _dt(state.zombie_wall)
         self.closes[state.id] = row
         if len(self.closes) > MAX_PENDING:
             self.closes.pop(next(iter(self.closes)))
-        self._ensure_running()
+        self.ensure_running()
 
     # Rows ---------------------------------------------------------------------
 
-    def _row(self, state: SessionState, scheduler) -> Session:
-        now = self.clock()
-        silence = 0.0 if scheduler is None else max(0.0, scheduler.now() - state.last_heard)
+    def _row(self, state: SessionState, live: bool = True) -> Session:
+        now = self.clock.wall()
+        scheduler = self.runtime.service(Scheduler)
+        silence = max(0.0, scheduler.now() - state.last_heard) if live else 0.0
         seen = now - silence
         grace = zombie_grace(state.interval, state.timeout)
         return Session(
             id=state.id,
-            user_id=state.extra.get("user_id"),
+            user_id=state.user_id,
             user_key=state.user_key,
-            rooms=" ".join(state.extra.get("rooms", ())),
+            rooms=" ".join(state.rooms),
             tab=state.tab,
             instance_id=instance_id(),
-            channel_name=state.extra.get("channel", ""),
+            channel_name=state.channel,
             path=state.path[:300],
             client_addr=state.client,
             user_agent=state.user_agent,
@@ -108,38 +111,37 @@ class Recorder(Ticking):
             visible=state.visible,
             frames_in=state.frames_in,
             probes_sent=state.probes_sent,
-            last_probe_at=_dt(state.extra.get("last_probe_wall")),
+            last_probe_at=_dt(state.last_probe_wall),
         )
 
     # The tick -------------------------------------------------------------------
 
-    def _ensure_running(self) -> None:
+    def ensure_running(self) -> None:
         if not conf.get("HEARTBEAT_RECORD_SESSIONS"):
             self.local.clear()
             self.closes.clear()
             return
-        super()._ensure_running()
+        super().ensure_running()
 
-    async def step(self, force: bool = False) -> None:
+    async def step(self, planned: float | None = None, *, force: bool = False) -> None:
         """Write what is due: new rows, closes, and the checkpoint when its time comes."""
-        now = self.clock()
+        now = self.clock.wall()
         checkpoint = force or now - self.last_checkpoint >= conf.get(
             "HEARTBEAT_CHECKPOINT_INTERVAL")
         new = [sid for sid in self.local if sid not in self._written]
         if not (checkpoint or new or self.closes):
             return
         for sid in new:
-            state, scheduler = self.local[sid]
-            self.opens[sid] = self._row(state, scheduler)
-        updates = [self._row(state, scheduler) for sid, (state, scheduler)
-                   in self.local.items() if checkpoint and sid not in self.opens]
+            self.opens[sid] = self._row(self.local[sid])
+        updates = [self._row(state) for sid, state in self.local.items()
+                   if checkpoint and sid not in self.opens]
         opens, closes = dict(self.opens), dict(self.closes)
         try:
             await database_sync_to_async(write)(
                 list(opens.values()), updates, list(closes.values()), len(self.local),
                 _dt(now))
         except Exception as exc:
-            self.stats["failures"] += 1
+            self.metrics.row_failures.inc()
             if not self.failing:
                 self.failing = True
                 logger.warning("session rows not written, will retry: %r", exc)
@@ -147,7 +149,7 @@ class Recorder(Ticking):
         if self.failing:
             self.failing = False
             logger.warning("session rows written again after an outage")
-        self.stats["flushes"] += 1
+        self.metrics.row_writes.inc()
         self._written.update(opens)
         for sid in opens:
             self.opens.pop(sid, None)
@@ -237,16 +239,9 @@ def reconcile(now: datetime) -> int:
     cutoff = lost_before(now)
     lost = ServerInstance.objects.filter(last_beat__lt=cutoff, stopped_at__isnull=True)
     closed = Session.objects.filter(closed_at__isnull=True).filter(
-        instance__in=lost).update(closed_at=now, close_code=1006, close_reason="instance_lost")
+        instance__in=lost).update(closed_at=now, close_code=int(CloseCode.ABNORMAL),
+                                  close_reason=CloseReason.INSTANCE_LOST)
     return closed
-
-
-recorders: PerLoop[Recorder] = PerLoop(Recorder)
-
-
-def get_recorder() -> Recorder:
-    """The recorder of the running event loop."""
-    return recorders.get()
 
 
 def retention_cutoff(days: float, now: datetime | None = None) -> datetime:

@@ -6,7 +6,7 @@ before it is due is pushed back with its new due time, so each tick costs
 O(k log n) for the k sessions actually due.
 
 Overload safety: the scheduler keeps its own clock, ``now()``, which is the
-injected clock minus every moment the event loop was seen stalled (a tick that
+runtime's monotonic clock minus every moment the event loop was seen stalled (a tick that
 fires late, a garbage-collection pause, a burst of handshakes). Silence is
 measured on that clock, so time the server itself could not run is never
 counted as a client's silence. A zombie is also only declared after a probe
@@ -20,12 +20,9 @@ import gc
 import heapq
 import itertools
 import logging
-import random
-import time
-from collections.abc import Callable
 
 from . import conf
-from .loops import PerLoop
+from .runtime import Runtime, Service, get_runtime
 from .state import SessionState
 
 logger = logging.getLogger(__name__)
@@ -34,36 +31,26 @@ logger = logging.getLogger(__name__)
 PROBE_BATCH = 64
 
 
-class Scheduler:
+class Scheduler(Service):
     """Drives the heartbeats of every session on one event loop."""
 
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        tick: float | None = None,
-        rng: Callable[[], float] = random.random,
-        autostart: bool = True,
-    ):
-        self.clock = clock
-        self.tick = tick
-        self.rng = rng
-        self.autostart = autostart
+    name = "scheduler"
+
+    def __init__(self, runtime: Runtime):
+        super().__init__(runtime)
+        self.rng = runtime.rng
         self.stalled = 0.0  # seconds of loop stall credited to every session
-        self.lag = 0.0  # smoothed lateness of the ticks: how far behind the loop runs
         self.sessions: set[SessionState] = set()
         self._heap: list[tuple[float, int, SessionState]] = []
         self._seq = itertools.count()
-        self._task: asyncio.Task | None = None
-        self.stats = {"ticks": 0, "probes": 0, "zombies": 0, "max_late": 0.0}
+        self._monotonic = runtime.clock.monotonic
 
     def now(self) -> float:
-        """The scheduler's clock: the injected clock less the stalls seen so far."""
-        return self.clock() - self.stalled
+        """The scheduler's clock: the monotonic clock less the stalls seen so far."""
+        return self._monotonic() - self.stalled
 
-    def get_tick(self) -> float:
-        """Seconds between ticks."""
-        return self.tick if self.tick is not None else conf.tick()
+    def running(self) -> bool:
+        return bool(self.sessions)
 
     def add(self, session: SessionState, phase_spread: float | None = None) -> None:
         """Start watching a session; its silence counts from now."""
@@ -81,8 +68,8 @@ class Scheduler:
         session.phase = self.rng() * phase_spread
         self.sessions.add(session)
         self._push(session, session.last_heard + session.interval + session.phase)
-        if self.autostart:
-            self._ensure_running()
+        _tune_gc()
+        self.ensure_running()
 
     def remove(self, session: SessionState) -> None:
         """Stop watching a session (its heap entry is dropped when popped)."""
@@ -90,40 +77,35 @@ class Scheduler:
 
     def touch(self, session: SessionState) -> None:
         """Record inbound traffic: the hot path, one assignment."""
-        session.last_heard = self.clock() - self.stalled
+        session.last_heard = self._monotonic() - self.stalled
 
     def credit_stall(self, seconds: float) -> None:
         """Credit time the loop could not run, so nobody is blamed for it."""
         if seconds > 0:
             self.stalled += seconds
-            self.stats["max_late"] = max(self.stats["max_late"], seconds)
 
     def next_due(self) -> float | None:
         """When the earliest check is due, on the scheduler's clock."""
         return self._heap[0][0] if self._heap else None
 
     def _push(self, session: SessionState, due: float) -> None:
-        session.queued = True
         heapq.heappush(self._heap, (due, next(self._seq), session))
 
     async def step(self, planned: float | None = None) -> None:
         """Run one tick: probe the sessions due, close the zombies.
 
-        ``planned`` is when, on the injected clock, this tick should have run;
+        ``planned`` is when, on the monotonic clock, this tick should have run;
         any lateness past it is credited as a stall before silence is judged.
         """
         if planned is not None:
-            late = self.clock() - planned
-            self.credit_stall(late)
-            self.lag += 0.3 * (max(0.0, late) - self.lag)
-        self.stats["ticks"] += 1
+            self.credit_stall(self._monotonic() - planned)
+        self.metrics.ticks.inc()
         now = self.now()
         probes: list[SessionState] = []
         zombies: list[SessionState] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, session = heapq.heappop(heap)
-            session.queued = False
             if session.closed or session not in self.sessions:
                 continue
             due = self._judge(session, now, probes, zombies)
@@ -137,7 +119,7 @@ class Scheduler:
                 await asyncio.sleep(0)
         for session in zombies:
             self.sessions.discard(session)
-            self.stats["zombies"] += 1
+            self.metrics.zombies.inc()
             if session.on_zombie is not None:
                 # A close must not hold up the tick, nor one failure stop the others.
                 asyncio.ensure_future(
@@ -166,14 +148,14 @@ class Scheduler:
         session.probes_sent += 1
         session.probe_id = f"s{session.probes_sent}"
         session.probe_sent_at = now
-        session.probe_sent_raw = self.clock()
+        session.probe_sent_raw = self._monotonic()
         probes.append(session)
         if timeout is None:
             return now + interval
         return max(session.last_heard + interval + timeout, now + timeout / 2)
 
     async def _probe(self, session: SessionState) -> None:
-        self.stats["probes"] += 1
+        self.metrics.probes.inc()
         if session.on_probe is None:
             return
         try:
@@ -186,35 +168,6 @@ class Scheduler:
             await coro
         except Exception:
             logger.exception("closing zombie session %s failed", session.id)
-
-    def _ensure_running(self) -> None:
-        _tune_gc()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        tick = self.get_tick()
-        planned = self.clock() + tick
-        while self.sessions:
-            delay = planned - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                await self.step(planned)
-            except Exception:
-                logger.exception("heartbeat scheduler tick failed")
-            planned = self.clock() + tick
-
-    async def stop(self) -> None:
-        """Cancel the background task, if any (for tests and shutdown)."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
 
 _gc_tuned = {"done": False}
 
@@ -231,14 +184,6 @@ def _tune_gc() -> None:
         logger.info("garbage collector thresholds set to %s", tuple(threshold))
 
 
-schedulers: PerLoop[Scheduler] = PerLoop(Scheduler)
-
-
 def get_scheduler() -> Scheduler:
-    """The scheduler of the running event loop, created on first use."""
-    return schedulers.get()
-
-
-def set_scheduler(scheduler: Scheduler | None) -> None:
-    """Install a scheduler for the running loop (tests inject a fake clock this way)."""
-    schedulers.set(scheduler)
+    """The scheduler of the running event loop's runtime."""
+    return get_runtime().service(Scheduler)

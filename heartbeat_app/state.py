@@ -1,11 +1,12 @@
-"""The in-memory state of one live WebSocket session, shared by the mixin and the scheduler."""
+"""The in-memory state of one live WebSocket session, shared by the mixin and the services."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .limits import TokenBucket
 
 # Weight of the newest sample in the smoothed round-trip time (as TCP's SRTT).
 RTT_SMOOTHING = 0.125
@@ -15,12 +16,12 @@ class SessionState:
     """What the server knows about one connection; no I/O of its own."""
 
     __slots__ = (
-        "id", "tab", "user_key", "path", "client", "user_agent", "opened_at",
-        "interval", "timeout", "phase",
+        "id", "tab", "user_key", "user_id", "path", "client", "user_agent", "channel",
+        "rooms", "opened_at", "interval", "timeout", "phase",
         "last_heard", "probe_id", "probe_sent_at", "probe_sent_raw", "probes_sent",
-        "rtt", "rtt_avg", "visible", "frames_in",
-        "closed", "close_code", "close_reason", "zombie_at",
-        "on_probe", "on_zombie", "queued", "extra",
+        "last_probe_wall", "rtt", "rtt_avg", "visible", "frames_in", "bucket",
+        "closed", "close_code", "close_reason", "zombie_at", "zombie_wall",
+        "on_probe", "on_zombie", "extra",
     )
 
     def __init__(
@@ -30,40 +31,50 @@ class SessionState:
         interval: float | None,
         timeout: float | None,
         user_key: str = "",
+        user_id: Any = None,
         path: str = "",
         client: str = "",
         user_agent: str = "",
+        channel: str = "",
+        opened_at: float = 0.0,
+        bucket: TokenBucket | None = None,
         on_probe: Callable[[str], Awaitable[Any]] | None = None,
         on_zombie: Callable[[float], Awaitable[Any]] | None = None,
     ):
         self.id = uuid.uuid4().hex
         self.tab = tab
-        self.user_key = user_key
+        self.user_key = user_key  # the presence member key
+        self.user_id = user_id  # the authenticated user's pk, else None
         self.path = path
         self.client = client
         self.user_agent = user_agent
-        self.opened_at = time.time()
+        self.channel = channel  # the consumer's channel-layer name
+        self.rooms: list[str] = []  # presence rooms the session is in
+        self.opened_at = opened_at  # wall clock (epoch seconds)
         self.interval = interval
         self.timeout = timeout
         self.phase = 0.0
-        # Times below are on the scheduler's clock (see Scheduler.now), not wall time.
+        # last_heard, probe_sent_at and zombie_at are on the scheduler's clock
+        # (Scheduler.now: monotonic, less the stalls), not wall time.
         self.last_heard = 0.0
         self.probe_id: str | None = None
         self.probe_sent_at: float | None = None
-        self.probe_sent_raw: float | None = None
+        self.probe_sent_raw: float | None = None  # monotonic, for the round trip
         self.probes_sent = 0
+        self.last_probe_wall: float | None = None
         self.rtt: float | None = None  # seconds, last probe answered
         self.rtt_avg: float | None = None  # seconds, smoothed
         self.visible: bool | None = None
         self.frames_in = 0
+        self.bucket = bucket or TokenBucket(None, 0)
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.zombie_at: float | None = None
+        self.zombie_wall: float | None = None
         self.on_probe = on_probe
         self.on_zombie = on_zombie
-        self.queued = False
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # free for the app; the package never reads it
 
     @property
     def probe_outstanding(self) -> bool:
@@ -79,24 +90,6 @@ class SessionState:
             self.rtt_avg = seconds
         else:
             self.rtt_avg += RTT_SMOOTHING * (seconds - self.rtt_avg)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly snapshot, for signals, logs and the admin."""
-        return {
-            "session": self.id,
-            "tab": self.tab,
-            "user": self.user_key,
-            "path": self.path,
-            "client": self.client,
-            "opened_at": self.opened_at,
-            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
-            "rtt_avg_ms": None if self.rtt_avg is None else round(self.rtt_avg * 1000, 3),
-            "visible": self.visible,
-            "probes_sent": self.probes_sent,
-            "closed": self.closed,
-            "close_code": self.close_code,
-            "close_reason": self.close_reason,
-        }
 
     def __repr__(self) -> str:
         return f"<SessionState {self.id} tab={self.tab} closed={self.closed}>"

@@ -6,9 +6,11 @@ local sessions plus the instance beat, the reaper when this process holds the
 lease, and at most one ``presence_diff`` per room. Nothing here runs on the
 ping->pong path.
 
-When the store is unreachable, pings keep being answered; a warning is logged
-once per outage, and when the store answers again every local session is put
-back and sent a fresh ``presence_state``.
+Consumers talk to it through what they hand over when joining: their channel
+name, their channel layer and a ``send`` callable for the frames meant for
+their client. When the store is unreachable, pings keep being answered; a
+warning is logged once per outage, and when the store answers again every local
+session is put back and sent a fresh ``presence_state``.
 """
 
 from __future__ import annotations
@@ -17,116 +19,52 @@ import asyncio
 import logging
 import os
 import socket
-import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
-from django.utils.module_loading import import_string
 
-from . import conf
+from . import conf, protocol
 from .instance import instance_id, started_at
-from .loops import PerLoop, Ticking
-from .scheduler import get_scheduler
+from .layers import discard_channels, group_name
+from .protocol import LeaveReason
+from .runtime import Runtime, Service, get_runtime
 from .signals import member_joined, member_left
-from .store import CLOSED, BaseStore, Change, MemoryStore, StoreUnavailable, new_ref
+from .state import SessionState
+from .stores import BaseStore, Change, StoreUnavailable, get_store, new_ref
 
 logger = logging.getLogger(__name__)
 
-_store: BaseStore | None = None
-
-
-def get_store() -> BaseStore:
-    """The process's presence store, built from the settings on first use."""
-    global _store
-    if _store is None:
-        _store = _build_store()
-    return _store
-
-
-def reset_store() -> None:
-    """Forget the store (settings changed); the next call builds a new one."""
-    global _store
-    _store = None
-
-
-def _layer_config() -> dict:
-    from django.conf import settings
-
-    return (getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}
-
-
-def _build_store() -> BaseStore:
-    choice = conf.get("PRESENCE_STORE")
-    layer = _layer_config()
-    if choice is None:
-        choice = "redis" if str(layer.get("BACKEND", "")).startswith("channels_redis.") \
-            else "memory"
-    if choice == "memory":
-        return MemoryStore()
-    if choice == "redis":
-        from .redis_store import RedisStore
-
-        return RedisStore(
-            redis_url(layer),
-            prefix=conf.get("PRESENCE_KEY_PREFIX"),
-            max_connections=conf.get("PRESENCE_REDIS_MAX_CONNECTIONS"),
-            timeout=conf.get("PRESENCE_STORE_TIMEOUT"),
-        )
-    return import_string(choice)()
-
-
-def redis_url(layer: dict) -> str | dict:
-    """PRESENCE_REDIS_URL, else the first host of the channels_redis layer.
-
-    A Sentinel host of the layer is returned as its spec, which the store follows.
-    """
-    url = conf.get("PRESENCE_REDIS_URL")
-    if url:
-        return url
-    hosts = (layer.get("CONFIG") or {}).get("hosts") or [("localhost", 6379)]
-    host = hosts[0]
-    if isinstance(host, str):
-        return host
-    if isinstance(host, dict) and "address" in host:
-        return host["address"]
-    if isinstance(host, dict) and "sentinels" in host:
-        return {k: host[k] for k in ("sentinels", "master_name", "sentinel_kwargs") if k in host}
-    if isinstance(host, (list, tuple)):
-        return f"redis://{host[0]}:{host[1]}"
-    raise ValueError("Set PRESENCE_REDIS_URL: the channel layer's first host has no address.")
-
-
-# Scheduler lag (seconds) above which presence broadcasts are spaced out.
+# Loop lag (seconds) above which presence broadcasts are spaced out.
 LAGGING = 0.1
 MAX_BROADCAST_BACKOFF = 16
 
-
-def group_name(room: str) -> str:
-    """The channel-layer group of a room's presence."""
-    return f"presence.{room}"
+Send = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class _Local:
     """A session of this process that takes part in presence."""
 
-    __slots__ = ("consumer", "channel", "state", "metas", "refreshed", "leave_at", "reason")
+    __slots__ = ("send", "layer", "state", "metas", "refreshed", "leave_at", "reason")
 
-    def __init__(self, consumer, channel: str, state, metas: dict[str, dict]):
-        self.consumer = consumer
-        self.channel = channel
+    def __init__(self, send: Send, layer, state: SessionState, metas: dict[str, dict]):
+        self.send = send
+        self.layer = layer
         self.state = state
         self.metas = metas
         self.refreshed = 0.0
         self.leave_at: float | None = None  # set while in its leave grace
-        self.reason = CLOSED
+        self.reason = LeaveReason.CLOSED
 
 
-class Tracker(Ticking):
+class Tracker(Service):
     """Presence of every session on one event loop."""
 
-    def __init__(self, store: BaseStore | None = None, *, clock=time.monotonic):
+    name = "tracker"
+
+    def __init__(self, runtime: Runtime, store: BaseStore | None = None):
+        super().__init__(runtime)
         self.store = store or get_store()
-        self.clock = clock
         self.instance = instance_id()
         self.started_ms = int(started_at() * 1000)
         self.local: dict[str, _Local] = {}
@@ -139,7 +77,8 @@ class Tracker(Ticking):
         self.last_reap = 0.0
         self.last_broadcast = 0.0
         self.broadcast_backoff = 1
-        self.stats = {"ticks": 0, "store_calls": 0, "broadcasts": 0, "outages": 0}
+        self.metrics.rooms.set_function(
+            lambda: len({room for local in self.local.values() for room in local.metas}))
 
     # Settings, read each time so override_settings works -------------------
 
@@ -157,16 +96,16 @@ class Tracker(Ticking):
         return {"host": socket.gethostname(), "pid": os.getpid(), "started_ms": self.started_ms,
                 "channel_prefix": f"specific.{prefix}!" if prefix else ""}
 
-    async def _call(self, coro):
-        self.stats["store_calls"] += 1
+    async def _call(self, op: str, coro):
+        started = self.clock.monotonic()
         try:
             result = await asyncio.wait_for(coro, conf.get("PRESENCE_STORE_TIMEOUT"))
         except TimeoutError as exc:
-            if get_scheduler().lag > LAGGING:
+            if self.runtime.lag > LAGGING:
                 # The event loop is behind, not the store: the call just could not
                 # be served in time. Retry later without declaring an outage, whose
                 # recovery would re-join every session of an already busy process.
-                self.stats["slow_calls"] = self.stats.get("slow_calls", 0) + 1
+                self.metrics.store_calls_late.inc()
                 raise StoreUnavailable("presence store call late: the event loop lags") \
                     from exc
             self._outage(exc)
@@ -174,6 +113,8 @@ class Tracker(Ticking):
         except (StoreUnavailable, ConnectionError, OSError) as exc:
             self._outage(exc)
             raise StoreUnavailable(str(exc)) from exc
+        finally:
+            self.metrics.store_seconds.observe(self.clock.monotonic() - started, op=op)
         if self.degraded:
             self.degraded = False
             self.rebuild_needed = True
@@ -182,68 +123,67 @@ class Tracker(Ticking):
 
     def _outage(self, exc: Exception) -> None:
         if not self.degraded:
-                self.degraded = True
-                self.stats["outages"] += 1
-                logger.warning("presence store unavailable, presence degraded: %s", exc)
+            self.degraded = True
+            self.metrics.outages.inc()
+            logger.warning("presence store unavailable, presence degraded: %s", exc)
 
     # Called by consumers -----------------------------------------------------
 
-    async def join(self, consumer, state, rooms: list[str], extra: dict[str, Any]) -> None:
+    async def join(self, state: SessionState, rooms: list[str], extra: dict[str, Any], *,
+                   layer, send: Send) -> None:
         """Join a session to its rooms and send it each room's presence_state."""
-        layer = consumer.channel_layer
-        metas = {room: self._meta(consumer, state, room, extra) for room in rooms}
-        local = self.local[state.id] = _Local(consumer, consumer.channel_name, state, metas)
-        local.refreshed = self.clock()
-        self._ensure_running()
+        metas = {room: self._meta(state, extra) for room in rooms}
+        local = self.local[state.id] = _Local(send, layer, state, metas)
+        local.refreshed = self.clock.monotonic()
+        self.ensure_running()
         for room in rooms:
-            await layer.group_add(group_name(room), consumer.channel_name)
+            await layer.group_add(group_name(room), state.channel)
             try:
-                self._queue(await self._call(self.store.join(room, metas[room], self.ttl_ms())))
-                members = await self._call(self.store.members(room))
+                self._queue(await self._call("join", self.store.join(
+                    room, metas[room], self.ttl_ms())))
+                members = await self._call("members", self.store.members(room))
             except StoreUnavailable:
                 # Joined (and sent its state) at a later tick, or by the rebuild
                 # when the store comes back from an outage.
                 self.unsynced_joins.add(state.id)
                 continue
-            await consumer._presence_send({"type": "presence_state", "room": room,
-                                           "members": members})
+            await send(protocol.presence_state(room, protocol.public_members(members)))
 
-    def _meta(self, consumer, state, room: str, extra: dict[str, Any]) -> dict[str, Any]:
+    def _meta(self, state: SessionState, extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "session": state.id, "key": state.user_key, "tab": state.tab,
                 "visible": state.visible if state.visible is not None else True,
                 "online_at": int(state.opened_at * 1000), "instance": self.instance,
-                "channel": consumer.channel_name, "ref": new_ref()}
+                "channel": state.channel, "ref": new_ref()}
 
-    async def leave(self, state, reason: str, grace: bool) -> None:
+    async def leave(self, state: SessionState, reason: LeaveReason, grace: bool) -> None:
         """A session ended: leave its rooms now, or after the leave grace."""
         local = self.local.get(state.id)
         if local is None or local.leave_at is not None:
             return
         for room in local.metas:
             try:
-                await local.consumer.channel_layer.group_discard(group_name(room), local.channel)
+                await local.layer.group_discard(group_name(room), state.channel)
             except Exception as exc:
                 logger.warning("could not leave the group of room %s: %r", room, exc)
         local.reason = reason
         delay = conf.get("PRESENCE_LEAVE_GRACE") if grace else 0
         if delay:
-            local.leave_at = self.clock() + delay
+            local.leave_at = self.clock.monotonic() + delay
             return
-        local.leave_at = self.clock()
+        local.leave_at = self.clock.monotonic()
         await self._finish_leave(local)
 
-    def visibility_changed(self, state) -> None:
+    def visibility_changed(self, state: SessionState) -> None:
         """Mark a session's metas for an update at the next tick."""
         if state.id in self.local:
             self.dirty.add(state.id)
-            self._ensure_running()
+            self.ensure_running()
 
     # The tick ----------------------------------------------------------------
 
-    async def step(self) -> None:
+    async def step(self, planned: float | None = None) -> None:
         """One tick of presence work."""
-        self.stats["ticks"] += 1
-        now = self.clock()
+        now = self.clock.monotonic()
         try:
             await self._refresh(now)
             if self.rebuild_needed:
@@ -262,7 +202,7 @@ class Tracker(Ticking):
         every = conf.get("PRESENCE_TTL") / 3
         due = [local for local in self.local.values() if now - local.refreshed >= every]
         entries = [(room, local.state.id) for local in due for room in local.metas]
-        missing = await self._call(self.store.refresh(
+        missing = await self._call("refresh", self.store.refresh(
             self.instance, self.instance_ttl_ms(), self.ttl_ms(), entries, self.info()))
         for local in due:
             local.refreshed = now
@@ -271,37 +211,38 @@ class Tracker(Ticking):
             if local is not None and local.leave_at is None:
                 # Reaped while this process was away (a stall): put it back.
                 local.metas[room] = {**local.metas[room], "ref": new_ref()}
-                self._queue(await self._call(
-                    self.store.join(room, local.metas[room], self.ttl_ms())))
+                self._queue(await self._call("join", self.store.join(
+                    room, local.metas[room], self.ttl_ms())))
+
+    async def _send_state(self, local: _Local, room: str) -> None:
+        members = await self._call("members", self.store.members(room))
+        await local.send(protocol.presence_state(room, protocol.public_members(members)))
+
+    def _live(self) -> list[_Local]:
+        return [local for local in self.local.values() if local.leave_at is None]
 
     async def _rebuild(self) -> None:
         self.rebuild_needed = False
         self.unsynced_joins.clear()  # every live session is joined again below
         for room, session, reason in self.unsynced_leaves[:]:
-            self._queue(await self._call(self.store.leave(room, session, reason)))
+            self._queue(await self._call("leave", self.store.leave(room, session, reason)))
             self.unsynced_leaves.remove((room, session, reason))
-        for local in list(self.local.values()):
-            if local.leave_at is not None:
-                continue
+        for local in self._live():
             for room, meta in local.metas.items():
-                self._queue(await self._call(self.store.join(room, meta, self.ttl_ms())))
-        for local in list(self.local.values()):
-            if local.leave_at is not None:
-                continue
+                self._queue(await self._call("join", self.store.join(
+                    room, meta, self.ttl_ms())))
+        for local in self._live():
             for room in local.metas:
-                members = await self._call(self.store.members(room))
-                await local.consumer._presence_send(
-                    {"type": "presence_state", "room": room, "members": members})
+                await self._send_state(local, room)
 
     async def _flush_joins(self) -> None:
         for session_id in list(self.unsynced_joins):
             local = self.local.get(session_id)
             if local is not None and local.leave_at is None:
                 for room, meta in local.metas.items():
-                    self._queue(await self._call(self.store.join(room, meta, self.ttl_ms())))
-                    members = await self._call(self.store.members(room))
-                    await local.consumer._presence_send(
-                        {"type": "presence_state", "room": room, "members": members})
+                    self._queue(await self._call("join", self.store.join(
+                        room, meta, self.ttl_ms())))
+                    await self._send_state(local, room)
             self.unsynced_joins.discard(session_id)
 
     async def _flush_updates(self) -> None:
@@ -312,8 +253,8 @@ class Tracker(Ticking):
             for room, meta in local.metas.items():
                 local.metas[room] = {**meta, "visible": bool(local.state.visible),
                                      "ref": new_ref()}
-                self._queue(await self._call(
-                    self.store.update(room, local.metas[room], self.ttl_ms())))
+                self._queue(await self._call("update", self.store.update(
+                    room, local.metas[room], self.ttl_ms())))
 
     async def _flush_leaves(self, now: float) -> None:
         for local in [x for x in self.local.values() if x.leave_at is not None]:
@@ -325,8 +266,8 @@ class Tracker(Ticking):
         self.dirty.discard(local.state.id)
         for room in local.metas:
             try:
-                self._queue(await self._call(
-                    self.store.leave(room, local.state.id, local.reason)))
+                self._queue(await self._call("leave", self.store.leave(
+                    room, local.state.id, local.reason)))
             except StoreUnavailable:
                 self.unsynced_leaves.append((room, local.state.id, local.reason))
 
@@ -336,9 +277,10 @@ class Tracker(Ticking):
         self.last_reap = now
         # A reaper that dies hands over within the instance TTL at the latest.
         lease_ms = min(int(conf.get("PRESENCE_REAP_INTERVAL") * 3000), self.instance_ttl_ms())
-        if not await self._call(self.store.acquire_lease("reaper", self.instance, lease_ms)):
+        if not await self._call("lease", self.store.acquire_lease(
+                "reaper", self.instance, lease_ms)):
             return
-        result = await self._call(self.store.reap(self.instance_ttl_ms()))
+        result = await self._call("reap", self.store.reap(self.instance_ttl_ms()))
         self._queue(result.changes)
         layer = get_channel_layer()
         for change in result.changes:
@@ -369,7 +311,7 @@ class Tracker(Ticking):
                 signal = member_joined if change.joined else member_left
                 asyncio.ensure_future(self._signal(signal, change))
         if self.diffs:
-            self._ensure_running()
+            self.ensure_running()
 
     async def _signal(self, signal, change: Change) -> None:
         kwargs = {"room": change.room, "key": change.key, "meta": change.meta}
@@ -385,7 +327,7 @@ class Tracker(Ticking):
         # are spaced out, up to 16 times, so the fan-out of diffs (each recipient
         # costs a dispatch and a send) does not starve handshakes and heartbeats;
         # the diffs are merged meanwhile, nothing is lost.
-        lag = get_scheduler().lag
+        lag = self.runtime.lag
         if lag > LAGGING:
             self.broadcast_backoff = min(self.broadcast_backoff * 2, MAX_BROADCAST_BACKOFF)
         elif lag < LAGGING / 2:
@@ -399,40 +341,20 @@ class Tracker(Ticking):
         diffs, self.diffs = self.diffs, {}
         layer = get_channel_layer()
         for room, diff in diffs.items():
+            # Filtered once per room here, not once per recipient.
+            message = protocol.presence_diff(room, protocol.public_members(diff["joins"]),
+                                             protocol.public_members(diff["leaves"]))
             try:
-                await layer.group_send(group_name(room), {
-                    "type": "presence.diff", "room": room, **diff})
-                self.stats["broadcasts"] += 1
+                await layer.group_send(group_name(room), {**message, "type": "presence.diff"})
+                self.metrics.broadcasts.inc()
             except Exception as exc:  # the layer is down too: the rebuild resends state
                 logger.warning("presence_diff of room %s not broadcast: %r", room, exc)
 
 
-async def discard_channels(layer, channel_prefix: str) -> int:
-    """Remove every channel of a lost process from every group of a channels_redis layer.
-
-    channels_redis never discards the channels of a worker that died, so they
-    linger in groups until ``group_expiry`` (a day by default).
-    """
-    if not hasattr(layer, "ring_size") or not hasattr(layer, "connection"):
-        return 0
-    removed = 0
-    prefix = channel_prefix.encode()
-    for index in range(layer.ring_size):
-        connection = layer.connection(index)
-        async for key in connection.scan_iter(match=f"{layer.prefix}:group:*", count=500):
-            stale = [m for m in await connection.zrange(key, 0, -1) if m.startswith(prefix)]
-            if stale:
-                removed += await connection.zrem(key, *stale)
-    return removed
-
-
-trackers: PerLoop[Tracker] = PerLoop(Tracker)
-
-
 def get_tracker() -> Tracker:
-    """The tracker of the running event loop, created on first use."""
-    tracker = trackers.get()
+    """The tracker of the running event loop's runtime, made on first use."""
+    runtime = get_runtime()
+    tracker = runtime.service(Tracker)
     if tracker.store is not get_store():  # the settings changed the store
-        tracker = Tracker()
-        trackers.set(tracker)
+        tracker = runtime.replace(Tracker(runtime))
     return tracker

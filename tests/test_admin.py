@@ -13,13 +13,12 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from heartbeat_app import recorder as recorder_module
-from heartbeat_app import tracker
+from heartbeat_app import stores
 from heartbeat_app.consumers import HeartbeatMixin
 from heartbeat_app.instance import instance_id
 from heartbeat_app.models import ServerInstance, Session
 from heartbeat_app.recorder import Recorder, write
-from heartbeat_app.scheduler import Scheduler, set_scheduler
+from heartbeat_app.scheduler import Scheduler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,34 +31,17 @@ class Room(HeartbeatMixin, AsyncJsonWebsocketConsumer):
     presence_rooms = ["ops"]
 
 
-class Clock:
-    """One fake time for the scheduler (monotonic) and the recorder (wall)."""
-
-    def __init__(self):
-        self.offset = 0.0
-
-    def mono(self):
-        return 1000.0 + self.offset
-
-    def wall(self):
-        return 1_800_000_000.0 + self.offset
-
-
 @pytest.fixture
-async def clock(settings):
+async def clock(settings, make_runtime, fake_clock):
+    """The fake clock; the scheduler and the recorder are stepped by hand."""
     settings.HEARTBEAT_RECORD_SESSIONS = True
     settings.PRESENCE_STORE = "memory"
-    tracker.reset_store()
-    fake = Clock()
-    scheduler = Scheduler(clock=fake.mono, tick=1.0, rng=lambda: 0.0, autostart=False)
-    set_scheduler(scheduler)
-    fake.scheduler = scheduler
-    fake.recorder = Recorder(clock=fake.wall)
-    recorder_module.recorders.set(fake.recorder)
-    yield fake
-    recorder_module.recorders.set(None)
-    set_scheduler(None)
-    tracker.reset_store()
+    stores.reset_store()
+    runtime = make_runtime(autostart={"tracker"})
+    fake_clock.scheduler = runtime.service(Scheduler)
+    fake_clock.recorder = runtime.service(Recorder)
+    yield fake_clock
+    stores.reset_store()
     # The test client keeps its thread's connection open; the test database must
     # be droppable afterwards (PostgreSQL refuses while a session is connected).
     await sync_to_async(connections.close_all)()
@@ -83,13 +65,13 @@ async def four_statuses(clock):
     zombie, zombie_id = await open_session("zombie")
     gone, gone_id = await open_session("gone")
     await gone.disconnect(code=1000)
-    clock.offset = 12.0  # past the interval (10 s) for everyone...
+    clock.elapsed = 12.0  # past the interval (10 s) for everyone...
     await live.send_json_to({"type": "ping", "id": 1})  # ...but the live one spoke
     await live.receive_json_from()
-    clock.offset = 14.0
+    clock.elapsed = 14.0
     await stale.send_json_to({"type": "ping", "id": 1})
     await stale.receive_json_from()
-    clock.offset = 25.0  # stale silent 11 s; zombie silent 25 s > 10 + 5
+    clock.elapsed = 25.0  # stale silent 11 s; zombie silent 25 s > 10 + 5
     await live.send_json_to({"type": "ping", "id": 2})
     await live.receive_json_from()
     await clock.recorder.step(force=True)
@@ -127,10 +109,10 @@ async def test_each_status_filter_shows_exactly_its_rows(clock, staff):
 
 async def test_detail_page_tells_the_story(clock, staff):
     communicator, session_id = await open_session("story")
-    clock.offset = 10.0
+    clock.elapsed = 10.0
     await clock.scheduler.step()  # probe
     probe = await communicator.receive_json_from()
-    clock.offset = 10.2
+    clock.elapsed = 10.2
     await communicator.send_json_to({"type": "pong", "id": probe["id"]})
     await asyncio.sleep(0.01)
     await communicator.disconnect(code=1001)
@@ -150,7 +132,7 @@ async def test_detail_page_tells_the_story(clock, staff):
 async def test_zombie_close_is_recorded_as_timeout(clock, staff):
     communicator, session_id = await open_session("zz")
     for offset in (10.0, 15.0):
-        clock.offset = offset
+        clock.elapsed = offset
         await clock.scheduler.step()
         await asyncio.sleep(0.01)
     await clock.recorder.step(force=True)
@@ -229,7 +211,7 @@ async def test_probe_action_sends_a_server_ping(clock, staff):
     assert response.status_code == 302
     probe = await communicator.receive_json_from(timeout=2)
     assert probe["type"] == "ping"
-    clock.offset = 0.05
+    clock.elapsed = 0.05
     await communicator.send_json_to({"type": "pong", "id": probe["id"]})
     await asyncio.sleep(0.01)
     await clock.recorder.step(force=True)
@@ -255,7 +237,7 @@ async def test_presence_overview_says_when_the_store_is_down(clock, staff, setti
     settings.PRESENCE_STORE = "redis"
     settings.PRESENCE_REDIS_URL = "redis://127.0.0.1:1/0"
     settings.PRESENCE_STORE_TIMEOUT = 0.5
-    tracker.reset_store()
+    stores.reset_store()
     loop = asyncio.get_running_loop()
     started = loop.time()
     response = await staff.get("/admin/heartbeat_app/presenceroom/")

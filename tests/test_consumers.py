@@ -9,20 +9,7 @@ from channels.testing import WebsocketCommunicator
 
 from heartbeat_app import protocol, signals
 from heartbeat_app.consumers import HeartbeatMixin
-from heartbeat_app.scheduler import Scheduler, set_scheduler
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from heartbeat_app.scheduler import Scheduler
 
 
 class JsonConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
@@ -85,14 +72,10 @@ class NoHeartbeatConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
 
 
 @pytest.fixture
-async def clock():
-    """Install a scheduler on a fake clock for the test's event loop."""
-    fake = FakeClock()
-    scheduler = Scheduler(clock=fake, tick=0.5, rng=lambda: 0.0, autostart=False)
-    set_scheduler(scheduler)
-    fake.scheduler = scheduler
-    yield fake
-    set_scheduler(None)
+async def clock(make_runtime, fake_clock):
+    """A runtime on the fake clock for the test's loop; its scheduler is stepped by hand."""
+    fake_clock.scheduler = make_runtime().service(Scheduler)
+    return fake_clock
 
 
 async def tick_to(clock, seconds_from_now):
@@ -250,7 +233,7 @@ async def test_any_inbound_frame_counts_as_liveness(clock):
         assert (await communicator.receive_json_from())["echo"]["type"] == "chat"
     # 15 s passed in all, with a frame every 1.5 s: never probed, never closed.
     assert all(entry[0] in {"connect", "json"} for entry in log)
-    assert clock.scheduler.stats["probes"] == 0
+    assert clock.scheduler.metrics.probes.value() == 0
     await communicator.disconnect()
 
 

@@ -29,7 +29,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from heartbeat_app.redis_store import RedisStore
+from heartbeat_app.stores.redis import RedisStore
 from tests.servers import ServerProcess, free_port, server_env, wait_for_port
 from tests.test_e2e_presence import open_view, presence_env, until
 

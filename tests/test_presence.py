@@ -7,10 +7,10 @@ import pytest
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 
-from heartbeat_app import presence, signals, tracker
+from heartbeat_app import presence, signals, stores, tracker
 from heartbeat_app.consumers import HeartbeatMixin
-from heartbeat_app.scheduler import Scheduler, set_scheduler
-from heartbeat_app.store import MemoryStore
+from heartbeat_app.scheduler import Scheduler
+from heartbeat_app.stores import MemoryStore
 
 MS = 0.001
 TICK = 50 * MS
@@ -37,23 +37,17 @@ def fresh_presence(settings):
     settings.HEARTBEAT_TICK = TICK
     settings.PRESENCE_LEAVE_GRACE = GRACE
     settings.PRESENCE_STORE = "memory"
-    tracker.reset_store()
+    stores.reset_store()
     yield
-    tracker.reset_store()
+    stores.reset_store()
 
 
 @pytest.fixture
-async def clock():
-    """A scheduler we step by hand, so heartbeats never fire on their own."""
-    scheduler = Scheduler(clock=lambda: clock.now, tick=TICK, rng=lambda: 0.0, autostart=False)
-    clock.now = 1000.0
-    clock.scheduler = scheduler
-    set_scheduler(scheduler)
-    yield clock
-    set_scheduler(None)
-
-
-clock.now = 0.0  # noqa: B018 (the fixture function carries the fake time)
+async def clock(make_runtime, fake_clock):
+    """The fake clock: the tracker ticks by itself, the scheduler only when stepped."""
+    fake_clock.runtime = make_runtime(autostart={"tracker"})
+    fake_clock.scheduler = fake_clock.runtime.service(Scheduler)
+    return fake_clock
 
 
 async def join(room="lobby", tab="t1", **scope):
@@ -154,14 +148,13 @@ async def test_transport_loss_leaves_after_the_grace(clock):
     await next_diff(watcher)
     lost, _, _ = await join(tab="l", user=user(2))
     await next_diff(watcher)
-    loop = asyncio.get_running_loop()
-    gone = loop.time()
     await lost.disconnect(code=1006)
+    clock.advance(GRACE - TICK)
+    assert await watcher.receive_nothing(timeout=5 * TICK)  # still within the grace
+    clock.advance(TICK)
     diff = await next_diff(watcher)
-    waited = loop.time() - gone
     assert list(diff["leaves"]) == ["2"]
     assert diff["leaves"]["2"]["metas"][0]["reason"] == "closed"
-    assert waited >= GRACE - TICK
     await watcher.disconnect()
 
 
@@ -186,7 +179,8 @@ async def test_reload_within_the_grace_does_not_blink(clock):
         # The old meta is replaced, the member never left.
         assert diff["leaves"]["anon:same-tab"]["metas"][0]["reason"] == "replaced"
         assert diff["joins"]["anon:same-tab"]["metas"][0]["session"] == hello["session"]
-        await asyncio.sleep(GRACE + 3 * TICK)
+        clock.advance(GRACE)
+        await asyncio.sleep(3 * TICK)
         assert left == []
         assert list(await presence.amembers("lobby")) == ["1", "anon:same-tab"]
         await second.disconnect(code=1000)
@@ -215,14 +209,15 @@ async def test_a_storm_of_joins_is_coalesced_into_few_diffs(clock, settings):
     settings.PRESENCE_BROADCAST_INTERVAL = 0.5
     watcher, _, _ = await join(tab="w", user=user(0))
     await next_diff(watcher)
-    tracker_ = tracker.get_tracker()
-    before = tracker_.stats["broadcasts"]
+    broadcasts = clock.runtime.metrics.broadcasts
+    before = broadcasts.value()
     crowd = await asyncio.gather(*[join(tab=f"c{i}", user=user(i + 1)) for i in range(30)])
     joined = set()
     while len(joined) < 30:
+        clock.advance(0.5)
         diff = await next_diff(watcher)
         joined |= set(diff["joins"])
-    assert tracker_.stats["broadcasts"] - before <= 3
+    assert broadcasts.value() - before <= 3
     for communicator, _, _ in crowd:
         await communicator.disconnect(code=1000)
     await watcher.disconnect(code=1000)
@@ -263,15 +258,15 @@ class _LateStore(MemoryStore):
         return await super().join(*args, **kwargs)
 
 
-async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(clock, settings):
+async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(make_runtime, settings):
     """Slowness of our own loop retries the join later; it never flips presence to degraded."""
     settings.PRESENCE_STORE_TIMEOUT = 0.05
+    runtime = make_runtime(autostart=False)  # the tracker is stepped by hand
     store = _LateStore()
     store.delay = 0.2
-    active = tracker.Tracker(store)
-    tracker.trackers.set(active)
-    tracker._store = store  # noqa: SLF001 (the process's store, as get_store() returns it)
-    clock.scheduler.lag = 0.5
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    stores._store = store  # noqa: SLF001 (the process's store, as get_store() returns it)
+    runtime.lag = 0.5
     communicator = WebsocketCommunicator(RoomConsumer.as_asgi(), "/ws/rooms/lobby/?tab=late")
     communicator.scope["url_route"] = {"kwargs": {"room": "lobby"}}
     await communicator.connect()
@@ -279,11 +274,11 @@ async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(clock, setti
     await asyncio.sleep(0.15)  # the join gives up after the 50 ms store timeout
     assert not active.degraded and active.unsynced_joins
     store.delay = 0.0
-    clock.scheduler.lag = 0.0
-    active._task.cancel()
+    runtime.lag = 0.0
     await active.step()
     state = await communicator.receive_json_from()
     assert state["type"] == "presence_state" and "anon:late" in state["members"]
     assert not active.degraded and not active.unsynced_joins
-    assert active.stats["outages"] == 0
+    assert runtime.metrics.outages.value() == 0
+    assert runtime.metrics.store_calls_late.value() >= 1
     await communicator.disconnect(code=1000)

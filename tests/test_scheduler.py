@@ -1,7 +1,8 @@
 """The heartbeat scheduler, driven step by step with an injected clock (no sleeping).
 
-Every test but one builds ``Scheduler(clock=fake, autostart=False)``, sets the fake
-time and awaits ``scheduler.step()`` by hand, as the background task would each tick.
+Every test but one builds a scheduler on a runtime with the suite's fake clock and no
+background task, sets the fake time and awaits ``scheduler.step()`` by hand, as the
+background task would each tick.
 """
 
 import asyncio
@@ -11,7 +12,8 @@ import time
 
 import pytest
 
-from heartbeat_app.scheduler import Scheduler, get_scheduler, set_scheduler
+from heartbeat_app.runtime import Runtime, get_runtime, install
+from heartbeat_app.scheduler import Scheduler, get_scheduler
 from heartbeat_app.state import SessionState
 
 TICK = 0.5
@@ -19,29 +21,19 @@ INTERVAL = 25.0
 TIMEOUT = 10.0
 
 
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 0.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Recorder:
     """Session callbacks that record when (on the fake clock) they were called."""
 
-    def __init__(self, clock: FakeClock):
+    def __init__(self, clock):
         self.clock = clock
         self.probes: list[tuple[float, str]] = []
         self.zombies: list[tuple[float, float]] = []
 
     async def on_probe(self, probe_id: str) -> None:
-        self.probes.append((self.clock(), probe_id))
+        self.probes.append((self.clock.now, probe_id))
 
     async def on_zombie(self, silence: float) -> None:
-        self.zombies.append((self.clock(), silence))
+        self.zombies.append((self.clock.now, silence))
 
     @property
     def probe_times(self) -> list[float]:
@@ -53,13 +45,19 @@ class Recorder:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(fake_clock):
+    fake_clock.now = 0.0
+    return fake_clock
+
+
+def make_scheduler(clock, rng=lambda: 0.0) -> Scheduler:
+    """A scheduler on a runtime of its own, stepped by hand."""
+    return Scheduler(Runtime(clock, rng=rng, autostart=False))
 
 
 @pytest.fixture
 def scheduler(clock) -> Scheduler:
-    return Scheduler(clock=clock, tick=TICK, rng=lambda: 0.0, autostart=False)
+    return make_scheduler(clock)
 
 
 def new_session(clock, interval=INTERVAL, timeout=TIMEOUT, recorder=None, **callbacks):
@@ -80,7 +78,7 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def step_at(scheduler: Scheduler, clock: FakeClock, at: float, **kwargs) -> None:
+async def step_at(scheduler: Scheduler, clock, at: float, **kwargs) -> None:
     clock.now = at
     await scheduler.step(**kwargs)
     await settle()
@@ -113,7 +111,7 @@ async def test_probe_is_sent_at_the_first_step_where_silence_reaches_the_interva
 
 
 async def test_probe_waits_for_the_phase_too(clock):
-    scheduler = Scheduler(clock=clock, tick=TICK, rng=lambda: 0.5, autostart=False)
+    scheduler = make_scheduler(clock, rng=lambda: 0.5)
     session, rec = new_session(clock)
     scheduler.add(session)
     assert session.phase == 0.5 * TIMEOUT / 4  # 1.25 s
@@ -186,7 +184,7 @@ async def test_answer_in_the_same_clock_reading_as_the_probe_counts_as_an_answer
 
 
 async def test_the_phase_also_delays_the_probe_after_a_frame(clock):
-    scheduler = Scheduler(clock=clock, tick=TICK, rng=lambda: 0.8, autostart=False)
+    scheduler = make_scheduler(clock, rng=lambda: 0.8)
     session, rec = new_session(clock)
     scheduler.add(session)
     assert session.phase == 2.0
@@ -292,14 +290,14 @@ async def test_a_step_before_anything_is_due_leaves_the_heap_alone(scheduler, cl
     heap_before = list(scheduler._heap)
     await step_at(scheduler, clock, 24.5)
     assert scheduler._heap == heap_before
-    assert scheduler.stats["ticks"] == 1 and scheduler.stats["probes"] == 0
+    assert scheduler.metrics.ticks.value() == 1 and scheduler.metrics.probes.value() == 0
 
 
 # Phases --------------------------------------------------------------------------------
 
 
 async def test_default_phases_spread_over_a_quarter_of_the_timeout(clock):
-    scheduler = Scheduler(clock=clock, tick=TICK, autostart=False)  # the default rng
+    scheduler = make_scheduler(clock, rng=random.random)  # the default rng
     phases = []
     for _ in range(1000):
         session, _ = new_session(clock)
@@ -330,7 +328,7 @@ async def test_default_phases_spread_over_a_quarter_of_the_timeout(clock):
 async def test_explicit_phase_spread_is_capped_at_a_quarter_of_the_timeout(
     clock, timeout, phase_spread, expected
 ):
-    scheduler = Scheduler(clock=clock, tick=TICK, rng=lambda: 1.0, autostart=False)
+    scheduler = make_scheduler(clock, rng=lambda: 1.0)
     session, _ = new_session(clock, timeout=timeout)
     scheduler.add(session, phase_spread=phase_spread)
     assert session.phase == expected
@@ -338,7 +336,7 @@ async def test_explicit_phase_spread_is_capped_at_a_quarter_of_the_timeout(
 
 
 async def test_sessions_opened_together_are_probed_at_different_steps(clock):
-    scheduler = Scheduler(clock=clock, tick=0.05, rng=random.Random(7).random, autostart=False)
+    scheduler = make_scheduler(clock, rng=random.Random(7).random)
     recorder = Recorder(clock)
     sessions = [new_session(clock, recorder=recorder)[0] for _ in range(50)]
     for session in sessions:
@@ -359,7 +357,7 @@ async def test_sessions_opened_together_are_probed_at_different_steps(clock):
 async def test_a_silent_session_is_closed_within_interval_plus_timeout_plus_one_tick(
     clock, tick, rng_value, offset
 ):
-    scheduler = Scheduler(clock=clock, tick=tick, rng=lambda: rng_value, autostart=False)
+    scheduler = make_scheduler(clock, rng=lambda: rng_value)
     clock.now = offset  # the steps fall at offset + k * tick, not on the session's dues
     session, rec = new_session(clock)
     scheduler.add(session)
@@ -386,7 +384,6 @@ async def test_a_loop_stall_is_credited_and_closes_nobody(scheduler, clock):
     # The loop freezes for 100 s: the tick planned at 10.5 runs at 110.5.
     await step_at(scheduler, clock, 110.5, planned=10.5)
     assert scheduler.stalled == 100.0
-    assert scheduler.stats["max_late"] == 100.0
     assert scheduler.now() == 10.5
     assert recorder.probes == recorder.zombies == []
     assert silent_rec.probes == silent_rec.zombies == []
@@ -446,7 +443,7 @@ async def test_now_is_the_clock_less_the_stalls(scheduler, clock):
     await step_at(scheduler, clock, 47.5, planned=45.0)
     assert scheduler.stalled == 32.5
     clock.now = 200.0
-    assert scheduler.now() == 200.0 - 32.5 == clock() - scheduler.stalled
+    assert scheduler.now() == 200.0 - 32.5 == clock.now - scheduler.stalled
     session, _ = new_session(clock)
     scheduler.touch(session)
     assert session.last_heard == scheduler.now()
@@ -459,12 +456,14 @@ async def test_stats_count_ticks_probes_and_zombies(scheduler, clock):
     recorder = Recorder(clock)
     for _ in range(2):
         scheduler.add(new_session(clock, recorder=recorder)[0])
-    assert scheduler.stats == {"ticks": 0, "probes": 0, "zombies": 0, "max_late": 0.0}
+    metrics = scheduler.metrics
+    counts = lambda: (metrics.ticks.value(), metrics.probes.value(),  # noqa: E731
+                      metrics.zombies.value())
+    assert counts() == (0, 0, 0)
     await run_until(scheduler, clock, 25.0)
-    assert scheduler.stats["ticks"] == 50
-    assert (scheduler.stats["probes"], scheduler.stats["zombies"]) == (2, 0)
+    assert counts() == (50, 2, 0)
     await run_until(scheduler, clock, 35.0)
-    assert (scheduler.stats["probes"], scheduler.stats["zombies"]) == (2, 2)
+    assert counts() == (70, 2, 2)
     assert len(recorder.zombies) == 2
 
 
@@ -482,7 +481,7 @@ async def test_a_failing_probe_is_logged_and_the_others_are_still_sent(scheduler
     with caplog.at_level(logging.ERROR, logger="heartbeat_app.scheduler"):
         await run_until(scheduler, clock, 25.0)
     assert len(recorder.probes) == 2  # first and last, in the same step as the broken one
-    assert scheduler.stats["probes"] == 3
+    assert scheduler.metrics.probes.value() == 3
     (record,) = [r for r in caplog.records if r.name == "heartbeat_app.scheduler"]
     assert broken.id in record.getMessage() and record.exc_info is not None
 
@@ -500,7 +499,7 @@ async def test_a_failing_zombie_close_does_not_break_the_scheduler(scheduler, cl
     with caplog.at_level(logging.ERROR, logger="heartbeat_app.scheduler"):
         await run_until(scheduler, clock, 35.0)
     assert recorder.zombie_times == [35.0]
-    assert scheduler.stats["zombies"] == 2
+    assert scheduler.metrics.zombies.value() == 2
     assert any(broken.id in r.getMessage() for r in caplog.records)
 
     later, later_rec = new_session(clock)
@@ -512,7 +511,7 @@ async def test_a_failing_zombie_close_does_not_break_the_scheduler(scheduler, cl
 # The real background task ---------------------------------------------------------------
 
 
-async def test_background_task_probes_then_closes_a_silent_session_and_stops():
+async def test_background_task_probes_then_closes_a_silent_session_and_stops(settings):
     probed, closed = asyncio.Event(), asyncio.Event()
     events = []
 
@@ -524,7 +523,8 @@ async def test_background_task_probes_then_closes_a_silent_session_and_stops():
         events.append(("zombie", time.monotonic()))
         closed.set()
 
-    scheduler = Scheduler(tick=0.01)  # the real clock, autostart
+    settings.HEARTBEAT_TICK = 0.01
+    scheduler = Scheduler(Runtime())  # the real clock, autostart
     session = SessionState(
         tab="t", interval=0.05, timeout=0.1, on_probe=on_probe, on_zombie=on_zombie
     )
@@ -542,7 +542,7 @@ async def test_background_task_probes_then_closes_a_silent_session_and_stops():
         await asyncio.wait_for(asyncio.shield(scheduler._task), timeout=1.0)
         assert scheduler._task.done() and scheduler._task.exception() is None
         assert scheduler.sessions == set()
-        assert scheduler.stats["probes"] == 1 and scheduler.stats["zombies"] == 1
+        assert scheduler.metrics.probes.value() == scheduler.metrics.zombies.value() == 1
     finally:
         await scheduler.stop()
 
@@ -563,17 +563,19 @@ async def test_get_scheduler_returns_one_scheduler_per_loop():
     assert get_scheduler() is first
 
 
-async def test_set_scheduler_installs_and_removes_one(clock):
-    mine = Scheduler(clock=clock, autostart=False)
+async def test_an_installed_runtime_brings_its_scheduler_and_clock(clock):
+    mine = Runtime(clock, autostart=False)
     try:
-        set_scheduler(mine)
-        assert get_scheduler() is mine
+        install(mine)
+        assert get_runtime() is mine
+        assert get_scheduler() is mine.service(Scheduler)
+        assert get_scheduler().clock is clock
     finally:
-        set_scheduler(None)
+        install(None)
     replacement = get_scheduler()
-    assert replacement is not mine
-    assert replacement.clock is time.monotonic
-    set_scheduler(None)
+    assert replacement.runtime is not mine
+    assert replacement.clock.monotonic() == pytest.approx(time.monotonic(), abs=1.0)
+    install(None)
 
 
 def test_gc_threshold_is_applied_once_per_process(settings):

@@ -5,15 +5,12 @@ import uuid
 
 import pytest
 
-from heartbeat_app.redis_store import RedisStore
-from heartbeat_app.store import (
-    EXPIRED,
-    INSTANCE_LOST,
-    REPLACED,
-    UPDATE,
-    MemoryStore,
-    StoreUnavailable,
-)
+from heartbeat_app.protocol import LeaveReason
+from heartbeat_app.stores import MemoryStore, StoreUnavailable
+from heartbeat_app.stores.redis import RedisStore
+
+EXPIRED, INSTANCE_LOST = LeaveReason.EXPIRED, LeaveReason.INSTANCE_LOST
+REPLACED, UPDATE = LeaveReason.REPLACED, LeaveReason.UPDATE
 
 T0 = 1_700_000_000_000  # an injected "now", in ms
 TTL = 30_000
@@ -22,7 +19,9 @@ TTL = 30_000
 @pytest.fixture(params=["memory", "redis"])
 async def store(request):
     if request.param == "memory":
-        yield MemoryStore(clock=lambda: T0 / 1000)
+        clock = request.getfixturevalue("fake_clock")
+        clock.advance(T0 / 1000 - clock.wall())
+        yield MemoryStore(clock=clock)
         return
     url = request.getfixturevalue("redis_url")
     store = RedisStore(url, prefix=f"hbtest-{uuid.uuid4().hex[:8]}")
@@ -156,7 +155,7 @@ async def test_lost_instance_sessions_are_reaped(store):
     await store.refresh("A", 5_000, TTL, [("lobby", "a1"), ("lobby", "a2")],
                         info={"host": "h", "pid": 1}, now_ms=T0)
     await store.refresh("B", 5_000, TTL, [("lobby", "b1")], now_ms=T0)
-    assert await store.instance_sessions("A") == [("lobby", "a1"), ("lobby", "a2")]
+    assert len((await store.members("lobby", T0))["1"]["metas"]) == 1
     # B keeps beating; A stops.
     await store.refresh("B", 5_000, TTL, [("lobby", "b1")], now_ms=T0 + 6_000)
     result = await store.reap(5_000, T0 + 6_000)
@@ -167,8 +166,9 @@ async def test_lost_instance_sessions_are_reaped(store):
         (False, "2", "a2", INSTANCE_LOST, False),  # key 2 still has b1
     ]
     assert sorted(await store.members("lobby", T0 + 6_000)) == ["2"]
-    assert await store.instance_sessions("A") == []
-    assert [i["id"] for i in await store.instances()] == ["B"]
+    # A is gone for good: a second pass finds nothing more of it, and B is never lost.
+    again = await store.reap(5_000, T0 + 6_000)
+    assert again.lost_instances == [] and again.changes == []
 
 
 async def test_reaper_lease_is_exclusive_and_expires(store):
@@ -176,7 +176,7 @@ async def test_reaper_lease_is_exclusive_and_expires(store):
     assert await store.acquire_lease("reaper", "A", 200)  # renewal
     assert not await store.acquire_lease("reaper", "B", 200)
     if isinstance(store, MemoryStore):
-        store.clock = lambda: (T0 + 1_000) / 1000
+        store.clock.advance(1.0)
     else:
         await asyncio.sleep(0.3)
     assert await store.acquire_lease("reaper", "B", 200)
@@ -243,12 +243,12 @@ def sentinel(tmp_path):
 
 async def test_redis_store_through_sentinel(sentinel, settings):
     """The store finds the primary through Sentinel, as channels_redis hosts describe it."""
-    from heartbeat_app import tracker
+    from heartbeat_app import stores
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
                                            "CONFIG": {"hosts": [sentinel]}}}
     settings.PRESENCE_REDIS_URL = None
-    assert tracker.redis_url(settings.CHANNEL_LAYERS["default"]) == sentinel
+    assert stores.redis_url(settings.CHANNEL_LAYERS["default"]) == sentinel
     store = RedisStore(sentinel, prefix="hbsentinel")
     try:
         await store.join("lobby", meta("s1"), TTL, T0)

@@ -25,7 +25,21 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .store import BaseStore, Change, ReapResult, StoreUnavailable, _group
+from ..protocol import LeaveReason
+from .base import BaseStore, Change, ReapResult, StoreUnavailable, group_members
+
+
+def lua(source: str) -> str:
+    """A script with its ``@NAME@`` placeholders replaced by LeaveReason literals.
+
+    The reasons a script writes come from the one enum, never from a literal of its own.
+    """
+    for reason in LeaveReason:
+        source = source.replace(f"@{reason.name}@", f"'{reason.value}'")
+    if "@" in source:
+        raise ValueError("a Lua script names a leave reason LeaveReason does not have")
+    return source
+
 
 _PRELUDE = r"""
 local P = ARGV[1]
@@ -78,12 +92,12 @@ if ARGV[6] == '1' and redis.call('HEXISTS', rk(room, 'm'), meta.session) == 0 th
   return {}
 end
 local old_raw = redis.call('HGET', rk(room, 'm'), meta.session)
-local reason = 'update'
+local reason = @UPDATE@
 if not old_raw then
   local old_session = redis.call('HGET', rk(room, 't'), meta.tab)
   if old_session then
     old_raw = redis.call('HGET', rk(room, 'm'), old_session)
-    reason = 'replaced'
+    reason = @REPLACED@
   end
 end
 if old_raw then
@@ -103,7 +117,7 @@ if old_raw then
   if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
   redis.call('HINCRBY', P .. ':u:' .. meta.key, room, 1)
   place(room, meta, raw, now + ttl)
-  return {removed[1], 'replaced', removed[2], raw, first}
+  return {removed[1], @REPLACED@, removed[2], raw, first}
 end
 local first = 0
 if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
@@ -155,7 +169,7 @@ for _, inst in ipairs(lost) do
     local removed = remove(room, string.sub(entry, sep + 1))
     if removed then
       table.insert(out, 'L'); table.insert(out, room); table.insert(out, removed[1])
-      table.insert(out, removed[2]); table.insert(out, 'instance_lost')
+      table.insert(out, removed[2]); table.insert(out, @INSTANCE_LOST@)
     end
   end
   redis.call('DEL', ik(inst), P .. ':i:' .. inst)
@@ -167,7 +181,7 @@ for _, room in ipairs(redis.call('SMEMBERS', P .. ':rooms')) do
     local removed = remove(room, session)
     if removed then
       table.insert(out, 'L'); table.insert(out, room); table.insert(out, removed[1])
-      table.insert(out, removed[2]); table.insert(out, 'expired')
+      table.insert(out, removed[2]); table.insert(out, @EXPIRED@)
     end
   end
 end
@@ -203,6 +217,11 @@ end
 return 0
 """
 
+# The scripts as sent to Redis, reasons filled in.
+SCRIPTS = {name: lua(source) for name, source in (
+    ("join", _JOIN), ("leave", _LEAVE), ("refresh", _REFRESH), ("reap", _REAP),
+    ("members", _MEMBERS), ("lease", _LEASE))}
+
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
@@ -226,12 +245,7 @@ class RedisStore(BaseStore):
             # A blocking pool waits for a free connection instead of raising
             # MaxConnectionsError, so a connection storm queues instead of failing.
             client = aioredis.Redis(connection_pool=self._pool())
-            scripts = {
-                name: client.register_script(source)
-                for name, source in (("join", _JOIN), ("leave", _LEAVE),
-                                     ("refresh", _REFRESH), ("reap", _REAP),
-                                     ("members", _MEMBERS), ("lease", _LEASE))
-            }
+            scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
             entry = self._clients[loop] = (client, scripts)
         return entry
 
@@ -314,7 +328,7 @@ class RedisStore(BaseStore):
 
     async def members(self, room, now_ms=None):
         raws = await self._run("members", [room, self._now_arg(now_ms)])
-        return _group([json.loads(raw) for raw in raws if raw])
+        return group_members([json.loads(raw) for raw in raws if raw])
 
     async def count(self, room, now_ms=None):
         return int(await self._call("hlen", f"{self.prefix}:r:{room}:k"))
@@ -333,21 +347,6 @@ class RedisStore(BaseStore):
 
     async def rooms_of(self, key):
         return sorted(await self._call("hkeys", f"{self.prefix}:u:{key}"))
-
-    async def instances(self, now_ms=None):
-        client, _ = self._client()
-        try:
-            beats = await client.zrange(f"{self.prefix}:i", 0, -1, withscores=True)
-            infos = await client.hgetall(f"{self.prefix}:instinfo")
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return [{"id": inst, "last_beat_ms": int(score),
-                 **(json.loads(infos[inst]) if infos.get(inst) else {})}
-                for inst, score in beats]
-
-    async def instance_sessions(self, instance):
-        entries = await self._call("smembers", f"{self.prefix}:i:{instance}:s")
-        return sorted(tuple(entry.split("\n", 1)) for entry in entries)
 
     def _pool(self):
         options = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,

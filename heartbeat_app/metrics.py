@@ -1,0 +1,205 @@
+"""Named counters, gauges and histograms of one runtime, read by exporters and the admin.
+
+No dependency: a registry holds plain numbers that a Prometheus exporter (or a
+test, or a management command) reads with ``snapshot()``. Labels are bounded by
+construction: only a close reason, a store operation or a refusal cause, never
+a room, a user or a session.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+# Upper bounds (seconds) of the histograms' buckets: round trips, tick lateness, store calls.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
+
+
+class Metric:
+    """One named series, optionally split by a fixed set of label names."""
+
+    kind = "untyped"
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        self.name = name
+        self.help = help
+        self.labels = labels
+
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        if set(labels) != set(self.labels):
+            raise ValueError(f"{self.name} takes the labels {self.labels}, not {tuple(labels)}")
+        return tuple(str(labels[name]) for name in self.labels)
+
+
+class Counter(Metric):
+    """A count that only goes up."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        super().__init__(name, help, labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = self._key(labels)
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self.values.get(self._key(labels), 0)
+
+
+class Gauge(Metric):
+    """A value that goes up and down, or is read from a function when sampled."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help: str):
+        super().__init__(name, help)
+        self._value = 0.0
+        self._function: Callable[[], float] | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        self._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self._value -= amount
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """Read the value from ``function`` at each sample."""
+        self._function = function
+
+    def value(self) -> float:
+        return float(self._function()) if self._function is not None else self._value
+
+    @property
+    def values(self) -> dict[tuple[str, ...], float]:
+        return {(): self.value()}
+
+
+class Histogram(Metric):
+    """Observations counted into cumulative buckets, with their count and sum."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = (),
+                 buckets: tuple[float, ...] = SECONDS_BUCKETS):
+        super().__init__(name, help, labels)
+        self.buckets = tuple(buckets)
+        self.series: dict[tuple[str, ...], list] = {}  # key -> [bucket counts, count, sum, max]
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [[0] * len(self.buckets), 0, 0.0, 0.0]
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.buckets):
+            series[0][index] += 1
+        series[1] += 1
+        series[2] += value
+        series[3] = max(series[3], value)
+
+    def count(self, **labels: str) -> int:
+        series = self.series.get(self._key(labels))
+        return 0 if series is None else series[1]
+
+    @property
+    def values(self) -> dict[tuple[str, ...], dict[str, Any]]:
+        out = {}
+        for key, (counts, count, total, top) in self.series.items():
+            cumulative, running = [], 0
+            for bound, n in zip(self.buckets, counts, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            out[key] = {"buckets": cumulative, "count": count, "sum": total, "max": top}
+        return out
+
+
+class Registry:
+    """The metrics of one runtime, by name."""
+
+    def __init__(self):
+        self.metrics: dict[str, Metric] = {}
+
+    def _add(self, metric: Metric) -> Any:
+        if metric.name in self.metrics:
+            raise ValueError(f"metric {metric.name} is already declared")
+        self.metrics[metric.name] = metric
+        return metric
+
+    def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
+        return self._add(Counter(name, help, labels))
+
+    def gauge(self, name: str, help: str) -> Gauge:
+        return self._add(Gauge(name, help))
+
+    def histogram(self, name: str, help: str, labels: tuple[str, ...] = (),
+                  buckets: tuple[float, ...] = SECONDS_BUCKETS) -> Histogram:
+        return self._add(Histogram(name, help, labels, buckets))
+
+    def __getitem__(self, name: str) -> Metric:
+        return self.metrics[name]
+
+    def snapshot(self) -> dict[str, dict]:
+        """Every metric's values, keyed by name then by label values."""
+        return {name: {"kind": m.kind, "help": m.help, "labels": m.labels,
+                       "values": dict(m.values)}
+                for name, m in self.metrics.items()}
+
+
+class Metrics:
+    """The package's metrics, declared once per runtime, as attributes."""
+
+    def __init__(self):
+        r = self.registry = Registry()
+        self.sessions = r.gauge("heartbeat_sessions", "Sessions open in this process.")
+        self.opened = r.counter("heartbeat_sessions_opened_total", "Sessions opened.")
+        self.closed = r.counter("heartbeat_sessions_closed_total",
+                                "Sessions ended, by recorded close reason.", ("reason",))
+        self.pings = r.counter("heartbeat_pings_total", "Client pings answered.")
+        self.probes = r.counter("heartbeat_probes_total", "Server probes sent.")
+        self.zombies = r.counter("heartbeat_zombies_total", "Sessions closed as zombies.")
+        self.ticks = r.counter("heartbeat_ticks_total", "Scheduler ticks run.")
+        self.rtt = r.histogram("heartbeat_rtt_seconds", "Round trips of answered probes.")
+        self.loop_lag = r.histogram("heartbeat_loop_lag_seconds",
+                                    "How late the background ticks ran.")
+        self.store_seconds = r.histogram("heartbeat_presence_store_seconds",
+                                         "Presence store calls, by operation.", ("op",))
+        self.store_calls_late = r.counter(
+            "heartbeat_presence_store_late_total",
+            "Store calls that timed out while the event loop lagged (not outages).")
+        self.outages = r.counter("heartbeat_presence_outages_total",
+                                 "Presence store outages begun.")
+        self.broadcasts = r.counter("heartbeat_presence_broadcasts_total",
+                                    "presence_diff broadcasts sent to a room's group.")
+        self.rooms = r.gauge("heartbeat_presence_rooms", "Rooms with sessions of this process.")
+        self.refused = r.counter("heartbeat_handshakes_refused_total",
+                                 "Handshakes refused, by cause.", ("why",))
+        self.row_writes = r.counter("heartbeat_session_row_writes_total",
+                                    "Bulk writes of session rows to the database.")
+        self.row_failures = r.counter("heartbeat_session_row_failures_total",
+                                      "Bulk writes of session rows that failed (retried).")
+
+
+def merge(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
+    """Add up the snapshots of several runtimes (several event loops of one process)."""
+    out: dict[str, dict] = {}
+    for snap in snapshots:
+        for name, metric in snap.items():
+            into = out.setdefault(name, {**metric, "values": {}})
+            for key, value in metric["values"].items():
+                if metric["kind"] == "histogram":
+                    old = into["values"].get(key)
+                    if old is None:
+                        into["values"][key] = {**value, "buckets": list(value["buckets"])}
+                    else:
+                        old["buckets"] = [(b, n + m) for (b, n), (_, m)
+                                          in zip(old["buckets"], value["buckets"], strict=True)]
+                        old["count"] += value["count"]
+                        old["sum"] += value["sum"]
+                        old["max"] = max(old["max"], value["max"])
+                else:
+                    into["values"][key] = into["values"].get(key, 0) + value
+    return out

@@ -1,0 +1,115 @@
+"""The presence store contract: what every backend (memory, Redis, yours) implements.
+
+A room holds one *meta* per live session; metas of the same member *key* (a user's
+pk, or ``anon:<tab>``) make one member, Phoenix style. Every meta version carries a
+unique ``ref``, so a client can apply a diff's joins and leaves idempotently.
+
+All times are milliseconds. Methods take an optional ``now_ms`` so tests can move
+time; the Redis backend otherwise uses the server's ``TIME`` and the memory
+backend its injectable clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import LeaveReason
+
+
+def new_ref() -> str:
+    """A short unique reference for one version of a meta."""
+    return secrets.token_urlsafe(6)
+
+
+@dataclass
+class Change:
+    """One meta joining or leaving a room, with member-level consequences."""
+
+    room: str
+    key: str
+    meta: dict[str, Any]
+    joined: bool  # False: a leave
+    reason: LeaveReason | str = ""
+    member_changed: bool = False  # the member's first meta joined, or its last left
+
+    def __post_init__(self):
+        if not self.joined:
+            self.meta = {**self.meta, "reason": str(self.reason)}
+
+
+@dataclass
+class ReapResult:
+    """What one reaper pass removed."""
+
+    changes: list[Change] = field(default_factory=list)
+    lost_instances: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StoreUnavailable(ConnectionError):
+    """The store cannot be reached; presence is degraded until it returns."""
+
+
+class BaseStore:
+    """The contract every presence store implements (all methods async)."""
+
+    async def join(self, room: str, meta: dict[str, Any], ttl_ms: int,
+                   now_ms: int | None = None) -> list[Change]:
+        """Add a session's meta to a room. A live meta of the same tab is replaced."""
+        raise NotImplementedError
+
+    async def leave(self, room: str, session: str, reason: str,
+                    now_ms: int | None = None) -> list[Change]:
+        """Remove a session's meta; nothing if it is already gone."""
+        raise NotImplementedError
+
+    async def update(self, room: str, meta: dict[str, Any], ttl_ms: int,
+                     now_ms: int | None = None) -> list[Change]:
+        """Replace a live session's meta with a new version (a leave and a join)."""
+        raise NotImplementedError
+
+    async def refresh(self, instance: str, instance_ttl_ms: int, ttl_ms: int,
+                      entries: list[tuple[str, str]], info: dict[str, Any] | None = None,
+                      now_ms: int | None = None) -> list[tuple[str, str]]:
+        """Beat the instance and push back the expiry of ``entries`` (room, session).
+
+        One round trip whatever the number of entries. Returns the entries the
+        store no longer holds (reaped while this process was away), to rejoin.
+        """
+        raise NotImplementedError
+
+    async def reap(self, instance_ttl_ms: int, now_ms: int | None = None) -> ReapResult:
+        """Remove expired metas and every meta of instances silent past their TTL."""
+        raise NotImplementedError
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take or renew a named lease; True while ``holder`` has it."""
+        raise NotImplementedError
+
+    async def members(self, room: str, now_ms: int | None = None) -> dict[str, dict]:
+        """Live members of a room: key -> {"metas": [...]}."""
+        raise NotImplementedError
+
+    async def count(self, room: str, now_ms: int | None = None) -> int:
+        """Number of members (keys, not sessions) in a room, until the reaper runs."""
+        raise NotImplementedError
+
+    async def rooms(self) -> dict[str, int]:
+        """Every room with members, and its number of members."""
+        raise NotImplementedError
+
+    async def rooms_of(self, key: str) -> list[str]:
+        """Rooms in which a member key has at least one session."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def group_members(metas: list[dict[str, Any]]) -> dict[str, dict]:
+    """Metas grouped into members: key -> {"metas": [...]}."""
+    members: dict[str, dict] = {}
+    for meta in metas:
+        members.setdefault(meta["key"], {"metas": []})["metas"].append(meta)
+    return members
