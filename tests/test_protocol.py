@@ -510,3 +510,24 @@ def test_parsing_any_text_never_raises_anything_but_protocol_error(text):
     assert result is None or isinstance(result, Heartbeat) or result in ERROR_CODES
     if not protocol.looks_like_heartbeat(text):
         assert result is None
+
+
+# Presence messages -------------------------------------------------------------------------
+
+
+def test_presence_messages_carry_only_what_clients_may_see():
+    meta = {"session": "s1", "key": "7", "tab": "t", "ref": "r1", "channel": "specific.x!y",
+            "instance": "host:1:ab", "visible": True}
+    public = protocol.public_members({"7": {"metas": [meta]}})
+    assert public == {"7": {"metas": [{"session": "s1", "key": "7", "tab": "t", "ref": "r1",
+                                       "visible": True}]}}
+    assert protocol.presence_state("lobby", public) == {
+        "type": "presence_state", "room": "lobby", "members": public}
+    assert protocol.presence_diff("lobby", public, {}) == {
+        "type": "presence_diff", "room": "lobby", "joins": public, "leaves": {}}
+
+
+def test_reasons_are_their_wire_strings():
+    assert protocol.CloseReason.TRANSPORT_LOST == "transport_lost"
+    assert protocol.LeaveReason.INSTANCE_LOST == "instance_lost"
+    assert protocol.dumps({"reason": protocol.LeaveReason.TIMEOUT}) == '{"reason":"timeout"}'
