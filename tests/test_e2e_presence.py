@@ -152,7 +152,7 @@ async def test_two_processes_see_the_same_members_and_leaves(two_servers):
 
 async def test_kill_9_of_a_worker_leaves_no_ghost(two_servers, shared_redis_url, prefix):
     a, b = two_servers
-    victims = [await open_view(a, f"a{i}") for i in range(5)]
+    _victims = [await open_view(a, f"a{i}") for i in range(5)]  # held open on A until it dies
     survivor = await open_view(b, "b0")
     expected = {f"anon:a{i}" for i in range(5)} | {"anon:b0"}
     assert await until(lambda: set(survivor.members()) == expected, 5)
