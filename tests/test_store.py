@@ -109,12 +109,29 @@ async def test_same_tab_rejoin_replaces_without_member_blink(store):
     assert await store.count("lobby") == 1
 
 
-async def test_same_tab_rejoin_as_another_user(store):
-    await store.join("lobby", meta("old", key="anon:T", tab="T"), TTL, T0)
-    changes = await store.join("lobby", meta("new", key="9", tab="T"), TTL, T0)
-    assert summary(changes) == [(False, "anon:T", "old", REPLACED, True),
-                                (True, "9", "new", "", True)]
-    assert sorted(await store.members("lobby", T0)) == ["9"]
+async def test_a_tab_id_is_scoped_to_its_member(store):
+    """The same tab id from another member is another tab: it replaces nobody's meta."""
+    await store.join("lobby", meta("victim", key="anon:V", tab="T"), TTL, T0)
+    changes = await store.join("lobby", meta("thief", key="anon:X", tab="T"), TTL, T0)
+    assert summary(changes) == [(True, "anon:X", "thief", "", True)]
+    assert sorted(await store.members("lobby", T0)) == ["anon:V", "anon:X"]
+    assert await store.count("lobby") == 2
+    # A signed-in reload of an anonymous tab is another member too: both stay until each
+    # session leaves on its own.
+    changes = await store.join("lobby", meta("signed-in", key="9", tab="T"), TTL, T0)
+    assert summary(changes) == [(True, "9", "signed-in", "", True)]
+    # Within one member the tab still identifies the tab: a reload replaces its meta.
+    changes = await store.join("lobby", meta("victim-2", key="anon:V", tab="T"), TTL, T0)
+    assert summary(changes) == [(False, "anon:V", "victim", REPLACED, False),
+                                (True, "anon:V", "victim-2", "", False)]
+    # Each member's leave removes its own tab only.
+    assert summary(await store.leave("lobby", "thief", "closed", T0)) == [
+        (False, "anon:X", "thief", "closed", True)]
+    changes = await store.join("lobby", meta("victim-3", key="anon:V", tab="T"), TTL, T0)
+    assert [c.meta["session"] for c in changes if not c.joined] == ["victim-2"]
+    assert {k: [m["session"] for m in v["metas"]]
+            for k, v in (await store.members("lobby", T0)).items()} == {
+        "anon:V": ["victim-3"], "9": ["signed-in"]}
 
 
 async def test_rooms_are_independent(store):

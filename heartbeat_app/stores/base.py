@@ -1,7 +1,9 @@
 """The presence store contract: what every backend (memory, Redis, yours) implements.
 
 A room holds one *meta* per live session; metas of the same member *key* (a user's
-pk, or ``anon:<tab>``) make one member, Phoenix style. Every meta version carries a
+pk, or an anonymous key the server issued) make one member, Phoenix style. A tab id
+is scoped to its member: a join replaces the live meta of the same member *and* tab
+(a reload), never another member's. Every meta version carries a
 unique ``ref``, so a client can apply a diff's joins and leaves idempotently.
 
 All times are milliseconds. Methods take an optional ``now_ms`` so tests can move
@@ -56,7 +58,7 @@ class BaseStore:
 
     async def join(self, room: str, meta: dict[str, Any], ttl_ms: int,
                    now_ms: int | None = None) -> list[Change]:
-        """Add a session's meta to a room. A live meta of the same tab is replaced."""
+        """Add a session's meta to a room. A live meta of the same member and tab is replaced."""
         raise NotImplementedError
 
     async def leave(self, room: str, session: str, reason: str,

@@ -7,15 +7,21 @@ from ..protocol import LeaveReason
 from .base import BaseStore, Change, ReapResult, group_members
 
 
+def _tab(meta: dict) -> tuple[str, str]:
+    # The same tab id from another member is another tab (it must never replace a meta).
+    return meta["key"], meta["tab"]
+
+
 class MemoryStore(BaseStore):
     """The single-process store: a real backend kept in this process's memory."""
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK):
         self.clock = clock
-        # room -> session -> (expires_ms, meta); plus per-room member counts and tabs.
+        # room -> session -> (expires_ms, meta); plus per-room member counts, and per-room
+        # tabs keyed by (member key, tab id): a tab id means nothing outside its member.
         self._rooms: dict[str, dict[str, tuple[int, dict]]] = {}
         self._counts: dict[str, dict[str, int]] = {}
-        self._tabs: dict[str, dict[str, str]] = {}
+        self._tabs: dict[str, dict[tuple[str, str], str]] = {}
         self._instances: dict[str, tuple[int, dict]] = {}
         self._leases: dict[str, tuple[str, int]] = {}
 
@@ -31,7 +37,7 @@ class MemoryStore(BaseStore):
             counts[meta["key"]] = counts.get(meta["key"], 0) + 1
             first = counts[meta["key"]] == 1
         entries[meta["session"]] = (expires, meta)
-        self._tabs.setdefault(room, {})[meta["tab"]] = meta["session"]
+        self._tabs.setdefault(room, {})[_tab(meta)] = meta["session"]
         return first
 
     def _remove(self, room: str, session: str, reason: str) -> list[Change]:
@@ -44,8 +50,8 @@ class MemoryStore(BaseStore):
         last = counts[meta["key"]] == 0
         if last:
             del counts[meta["key"]]
-        if tabs.get(meta["tab"]) == session:
-            del tabs[meta["tab"]]
+        if tabs.get(_tab(meta)) == session:
+            del tabs[_tab(meta)]
         if not entries:
             del self._rooms[room], self._counts[room], self._tabs[room]
         return [Change(room, meta["key"], meta, False, reason, last)]
@@ -54,7 +60,7 @@ class MemoryStore(BaseStore):
         now = self._now(now_ms)
         meta = dict(meta)
         changes: list[Change] = []
-        old_session = self._tabs.get(room, {}).get(meta["tab"])
+        old_session = self._tabs.get(room, {}).get(_tab(meta))
         replaced = None
         if old_session is not None and old_session != meta["session"]:
             replaced = self._rooms[room][old_session][1]
@@ -66,7 +72,7 @@ class MemoryStore(BaseStore):
             reason = LeaveReason.UPDATE if same else LeaveReason.REPLACED
             self._rooms[room].pop(replaced["session"])
             self._rooms[room][meta["session"]] = (now + ttl_ms, meta)
-            self._tabs[room][meta["tab"]] = meta["session"]
+            self._tabs[room][_tab(meta)] = meta["session"]
             return [Change(room, replaced["key"], replaced, False, reason, False),
                     Change(room, meta["key"], meta, True, "", False)]
         if replaced is not None:

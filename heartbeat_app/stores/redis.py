@@ -5,7 +5,8 @@ Keys, under the prefix P (PRESENCE_KEY_PREFIX):
 - ``P:r:<room>:z`` sorted set, session -> expiry (ms, from Redis ``TIME``)
 - ``P:r:<room>:m`` hash, session -> meta (JSON)
 - ``P:r:<room>:k`` hash, member key -> number of its sessions in the room
-- ``P:r:<room>:t`` hash, tab id -> session (a reload of the tab replaces its meta)
+- ``P:r:<room>:t`` hash, "tab\\nmember key" -> session (a reload of the tab replaces its
+  meta; the same tab id from another member is another tab)
 - ``P:rooms`` set of rooms with members; ``P:u:<key>`` hash, room -> sessions of that key
 - ``P:i`` sorted set, instance -> last beat; ``P:i:<id>`` the instance key, with a TTL;
   ``P:i:<id>:s`` set of "room\\nsession" it holds; ``P:instinfo`` hash, instance -> info
@@ -50,14 +51,16 @@ local function now_ms(arg)
 end
 local function rk(room, suffix) return P .. ':r:' .. room .. ':' .. suffix end
 local function ik(inst) return P .. ':i:' .. inst .. ':s' end
+-- A tab is scoped to its member; tab ids never hold a newline, so the field is unambiguous.
+local function tk(meta) return meta.tab .. '\n' .. meta.key end
 local function remove(room, session)
   local raw = redis.call('HGET', rk(room, 'm'), session)
   if not raw then return nil end
   local meta = cjson.decode(raw)
   redis.call('ZREM', rk(room, 'z'), session)
   redis.call('HDEL', rk(room, 'm'), session)
-  if redis.call('HGET', rk(room, 't'), meta.tab) == session then
-    redis.call('HDEL', rk(room, 't'), meta.tab)
+  if redis.call('HGET', rk(room, 't'), tk(meta)) == session then
+    redis.call('HDEL', rk(room, 't'), tk(meta))
   end
   local last = 0
   if redis.call('HINCRBY', rk(room, 'k'), meta.key, -1) <= 0 then
@@ -76,7 +79,7 @@ end
 local function place(room, meta, raw, expires)
   redis.call('ZADD', rk(room, 'z'), expires, meta.session)
   redis.call('HSET', rk(room, 'm'), meta.session, raw)
-  redis.call('HSET', rk(room, 't'), meta.tab, meta.session)
+  redis.call('HSET', rk(room, 't'), tk(meta), meta.session)
   redis.call('SADD', P .. ':rooms', room)
   redis.call('SADD', ik(meta.instance), room .. '\n' .. meta.session)
 end
@@ -94,7 +97,7 @@ end
 local old_raw = redis.call('HGET', rk(room, 'm'), meta.session)
 local reason = @UPDATE@
 if not old_raw then
-  local old_session = redis.call('HGET', rk(room, 't'), meta.tab)
+  local old_session = redis.call('HGET', rk(room, 't'), tk(meta))
   if old_session then
     old_raw = redis.call('HGET', rk(room, 'm'), old_session)
     reason = @REPLACED@
