@@ -30,6 +30,19 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_RATE_BURST": 60,
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
+    # Handshakes in flight per process (admitted, not yet accepted or closed) above which
+    # AdmissionMiddleware refuses new ones with 1013 and a paced retry hint; None: no cap.
+    "HEARTBEAT_MAX_HANDSHAKES": 128,
+    # Handshakes per second a process admits, sustained; None: only the in-flight cap.
+    "HEARTBEAT_CONNECT_RATE": None,
+    # Milliseconds: the shortest retry hint a refused or drained client is given.
+    "HEARTBEAT_RETRY_MIN_MS": 500,
+    # Seconds over which a draining process spreads its clients' return (their retry hints).
+    "HEARTBEAT_DRAIN_SPREAD": 5.0,
+    # Seconds a drain may take in all before the server's own shutdown goes on.
+    "HEARTBEAT_DRAIN_TIMEOUT": 20.0,
+    # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).
+    "HEARTBEAT_DRAIN_ON_SIGTERM": True,
     # Garbage-collector thresholds (gen0, gen1, gen2) set once per process when the first
     # session opens, e.g. (20000, 10, 10); None leaves Python's (700, 10, 10) alone.
     "HEARTBEAT_GC_THRESHOLD": None,

@@ -20,6 +20,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
+from .drain import install_signal_handler
 from .layers import survive_outages
 from .limits import TokenBucket
 from .options import FROM_SETTINGS, HeartbeatOptions
@@ -37,6 +38,7 @@ __all__ = ["FROM_SETTINGS", "HeartbeatMixin"]
 
 _REASON_BY_SERVER_CODE = {
     CloseCode.HEARTBEAT_TIMEOUT: CloseReason.TIMEOUT,
+    CloseCode.DRAINING: CloseReason.SERVER_SHUTDOWN,
     CloseCode.SERVER_CLOSE: CloseReason.ADMIN,
     CloseCode.TOO_MANY_MESSAGES: CloseReason.RATE_LIMITED,
 }
@@ -188,6 +190,12 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
 
     async def _heartbeat_open(self) -> None:
         runtime = get_runtime()
+        if runtime.draining:
+            # Accepted during a drain (the admission gate was not in front): sent away.
+            retry = conf.get("HEARTBEAT_RETRY_MIN_MS") + int(
+                runtime.rng() * 1000 * (conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0))
+            await self._heartbeat_close_with_hint(CloseCode.DRAINING, "server restarting", retry)
+            return
         interval = self.get_heartbeat_interval()
         timeout = self.get_heartbeat_timeout() if interval is not None else None
         tab = self.get_heartbeat_tab()
@@ -212,6 +220,15 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         self.heartbeat_session = session
         self._heartbeat_runtime = runtime
         self._heartbeat_scheduler = runtime.service(Scheduler)
+        # Everything that must know of the session learns of it before the first
+        # await: the peer may go away at any of them, and the end must find it all.
+        runtime.closers[session.id] = self._heartbeat_drain
+        runtime.metrics.opened.inc()
+        runtime.metrics.sessions.inc()
+        runtime.service(Recorder).opened(session)
+        self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
+        install_signal_handler(runtime)
+        logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
         await self._heartbeat_send(protocol.hello(
             session.id,
             tab,
@@ -219,13 +236,11 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
             None if timeout is None else int(timeout * 1000),
             runtime.clock.wall_ms(),
         ))
-        self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
-        runtime.metrics.opened.inc()
-        runtime.metrics.sessions.inc()
-        logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
+        if session.closed:
+            return
         await self._heartbeat_signal(session_opened, session=session)
-        await self._presence_open(session, self._heartbeat_send)
-        runtime.service(Recorder).opened(session)
+        if not session.closed:
+            await self._presence_open(session, self._heartbeat_send)
 
     async def _heartbeat_end(self, code: int | None, reason: CloseReason | None = None) -> None:
         session = self.heartbeat_session
@@ -243,6 +258,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
             "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
             session.close_code,
         )
+        self._heartbeat_runtime.closers.pop(session.id, None)
         metrics = self._heartbeat_runtime.metrics
         metrics.sessions.dec()
         metrics.closed.inc(reason=str(session.close_reason))
@@ -287,16 +303,31 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         if session.bucket.take(self._heartbeat_runtime.clock.monotonic()):
             return True
         if session.close_code is None:
-            retry = conf.get("HEARTBEAT_RETRY_AFTER_MS")
             logger.info("heartbeat session %s sent too many frames: closing 4429", session.id)
-            await self._heartbeat_send(protocol.close_notice(
-                CloseCode.TOO_MANY_MESSAGES, "too many messages", retry
-            ))
-            await self.close(
-                code=int(CloseCode.TOO_MANY_MESSAGES),
-                reason=protocol.close_reason("too many messages", retry),
-            )
+            await self._heartbeat_close_with_hint(
+                CloseCode.TOO_MANY_MESSAGES, "too many messages",
+                conf.get("HEARTBEAT_RETRY_AFTER_MS"))
         return False
+
+    async def _heartbeat_close_with_hint(self, code: CloseCode, text: str, retry: int) -> None:
+        # The hint goes in a frame of its own first: Daphne drops close reasons.
+        await self._heartbeat_send(protocol.close_notice(code, text, retry))
+        await self.close(code=int(code), reason=protocol.close_reason(text, retry))
+
+    async def _heartbeat_drain(self, retry_after_ms: int) -> None:
+        """Close this session for a drain (4001), telling the client when to come back."""
+        session = self.heartbeat_session
+        if session is None or session.closed:
+            return
+        if session.close_code is None:
+            session.close_code = int(CloseCode.DRAINING)
+            session.close_reason = CloseReason.SERVER_SHUTDOWN
+        try:
+            await self._heartbeat_close_with_hint(
+                CloseCode.DRAINING, "server restarting", retry_after_ms)
+        finally:
+            # Ended now: the transport's confirmation may come after the process is gone.
+            await self._heartbeat_end(CloseCode.DRAINING, CloseReason.SERVER_SHUTDOWN)
 
     async def _heartbeat_error(self, error: ProtocolError) -> None:
         logger.debug("bad frame on %s: %s", self.scope.get("path"), error.detail)

@@ -26,9 +26,15 @@ def survive_outages(receive):
     async def receive_surviving_outages():
         delay = 0.1
         while True:
+            inner = asyncio.ensure_future(receive())
             try:
-                message = await receive()
+                message = await asyncio.shield(inner)
             except asyncio.CancelledError:
+                # Stopped: cancel the layer's receive but do not wait for it. A
+                # channels_redis receive cancelled mid-read can swallow the
+                # cancellation and wait on for ever, and the consumer (and a server's
+                # graceful shutdown) with it.
+                inner.cancel()
                 raise
             except Exception as exc:
                 if not _layer_outage["on"]:

@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from . import conf, protocol
-from .protocol import CloseReason, LeaveReason
+from .protocol import CloseCode, CloseReason, LeaveReason
 from .state import SessionState
 from .stores import get_store
 from .tracker import Tracker, get_tracker
@@ -79,10 +79,12 @@ class PresenceMixin:
         # A tab that went away (reload, navigation, lost network) may come back
         # with the same tab id within the grace; an explicit close (1000) or a
         # server-side close leaves at once.
+        # A drain (4001) closes the session here and sends the tab elsewhere: its
+        # meta is kept for the grace too, so the member does not blink.
         grace = session.close_reason == CloseReason.TRANSPORT_LOST or (
             session.close_reason == CloseReason.CLOSED
             and session.close_code not in (1000, None)
-        )
+        ) or session.close_code == CloseCode.DRAINING
         await tracker.leave(session, LeaveReason.CLOSED, grace=grace)
 
     def _presence_visibility(self, session: SessionState) -> None:

@@ -123,8 +123,12 @@ class Recorder(Service):
             return
         super().ensure_running()
 
-    async def step(self, planned: float | None = None, *, force: bool = False) -> None:
-        """Write what is due: new rows, closes, and the checkpoint when its time comes."""
+    async def step(self, planned: float | None = None, *, force: bool = False,
+                   final: bool = False) -> None:
+        """Write what is due: new rows, closes, and the checkpoint when its time comes.
+
+        ``final``: the process is stopping; its instance row gets ``stopped_at``.
+        """
         now = self.clock.wall()
         checkpoint = force or now - self.last_checkpoint >= conf.get(
             "HEARTBEAT_CHECKPOINT_INTERVAL")
@@ -139,7 +143,7 @@ class Recorder(Service):
         try:
             await database_sync_to_async(write)(
                 list(opens.values()), updates, list(closes.values()), len(self.local),
-                _dt(now))
+                _dt(now), stopped=final)
         except Exception as exc:
             self.metrics.row_failures.inc()
             if not self.failing:
@@ -161,18 +165,20 @@ class Recorder(Service):
 
 
 def write(opens: list[Session], updates: list[Session], closes: list[Session],
-          session_count: int, now: datetime) -> None:
+          session_count: int, now: datetime, stopped: bool = False) -> None:
     """One transaction: beat the instance, create, checkpoint and close rows in bulk.
 
     The number of queries depends on the batches, not on the number of sessions.
+    ``stopped``: the process is stopping; its instance row says so.
     """
+    stopped_at = now if stopped else None
     with transaction.atomic():
         beat = ServerInstance.objects.filter(pk=instance_id()).update(
-            last_beat=now, session_count=session_count, stopped_at=None)
+            last_beat=now, session_count=session_count, stopped_at=stopped_at)
         if not beat:
             ServerInstance.objects.create(
-                id=instance_id(), host=host(), pid=os.getpid(),
-                started_at=_dt(started_at()), last_beat=now, session_count=session_count)
+                id=instance_id(), host=host(), pid=os.getpid(), started_at=_dt(started_at()),
+                last_beat=now, session_count=session_count, stopped_at=stopped_at)
         if opens:
             Session.objects.bulk_create(opens, batch_size=BATCH, ignore_conflicts=True)
         if updates:

@@ -41,6 +41,9 @@ class Runtime:
         self.autostart = autostart
         self.metrics = Metrics()
         self.lag = 0.0  # smoothed lateness of the ticks: how far behind the loop runs
+        self.draining = False  # set once by drain.drain(): no new sessions from then on
+        # Open sessions: id -> a callable that closes one for a drain, with a retry hint (ms).
+        self.closers: dict[str, Callable] = {}
         self._services: dict[type, Service] = {}
 
     def service(self, kind: type[S]) -> S:
@@ -49,6 +52,10 @@ class Runtime:
         if service is None:
             service = self._services[kind] = kind(self)
         return service
+
+    def existing(self, kind: type[S]) -> S | None:
+        """The runtime's service of this class if one was made, else None."""
+        return self._services.get(kind)
 
     def replace(self, service: S) -> S:
         """Put a new service in place of the one of its class (the settings changed)."""

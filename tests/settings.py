@@ -23,3 +23,4 @@ HEARTBEAT_TICK = 1.0
 # Tests that need session rows turn this on; the others run without a database.
 HEARTBEAT_RECORD_SESSIONS = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+HEARTBEAT_DRAIN_ON_SIGTERM = False  # the suite tests drain() itself; servers drain on SIGTERM

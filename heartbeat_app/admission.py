@@ -1,0 +1,162 @@
+"""Admission control: a cap on WebSocket handshakes in flight and on the connect rate.
+
+A restart sends every client back at once. A process that starts every handshake
+it is offered works on thousands at a time, finishes each after the server's own
+handshake timeout (Daphne's is 5 s) and completes none: congestion collapse. The
+gate below admits what the process can finish, and answers everyone else at once,
+cheaply, with when to come back: the connection is accepted, gets a ``close``
+notice with ``retry_after_ms`` and is closed with 1013 (4001 while the server
+drains). The hints are paced: each refused client is given the next free slot at
+the rate the process measurably completes handshakes, so they come back no
+faster than it can take them. Nothing refused reaches the rest of the ASGI
+stack: no session or auth middleware, no channel layer, no store, no database.
+
+Put it outermost, around everything else of the WebSocket side::
+
+    "websocket": AdmissionMiddleware(AllowedHostsOriginValidator(AuthMiddlewareStack(...)))
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from . import conf, protocol
+from .protocol import CloseCode
+from .runtime import Runtime, Service, get_runtime
+
+logger = logging.getLogger(__name__)
+
+# Weight of the newest second in the measured handshake rate.
+RATE_SMOOTHING = 0.3
+# The rate assumed before anything was measured, and the lowest one ever used (per second).
+MIN_RATE = 20.0
+# Hints are spread by up to this fraction on top of the slot, so no two clients share one.
+HINT_JITTER = 0.2
+
+
+class Gate(Service):
+    """The handshake gate of one event loop: what is in flight, what was measured."""
+
+    name = "gate"
+
+    def __init__(self, runtime: Runtime):
+        super().__init__(runtime)
+        self.in_flight = 0
+        self.draining = False
+        self.rate = MIN_RATE  # handshakes completed per second, smoothed
+        self._window_start = self.clock.monotonic()
+        self._window_done = 0
+        self._next_slot = 0.0
+        self._tokens: float | None = None
+        self._stamp = 0.0
+        self._rng = random.Random()
+
+    # Decisions ---------------------------------------------------------------
+
+    def admit(self) -> str | None:
+        """Take a slot for a handshake, or say why not (``draining``, ``in_flight``, ``rate``)."""
+        if self.draining:
+            return "draining"
+        cap = conf.get("HEARTBEAT_MAX_HANDSHAKES")
+        if cap is not None and self.in_flight >= cap:
+            return "in_flight"
+        if not self._take_token():
+            return "rate"
+        self.in_flight += 1
+        return None
+
+    def _take_token(self) -> bool:
+        rate = conf.get("HEARTBEAT_CONNECT_RATE")
+        if rate is None:
+            return True
+        now = self.clock.monotonic()
+        burst = max(1.0, float(rate))
+        if self._tokens is None:
+            self._tokens = burst
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._stamp) * rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def finished(self) -> None:
+        """A handshake admitted earlier is over (accepted, refused by the app, or dropped)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self._window_done += 1
+        now = self.clock.monotonic()
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            measured = self._window_done / elapsed
+            self.rate = max(MIN_RATE, self.rate + RATE_SMOOTHING * (measured - self.rate))
+            self._window_start, self._window_done = now, 0
+
+    def retry_after_ms(self, why: str) -> int:
+        """When a refused client should come back: the next free slot at the measured rate."""
+        now = self.clock.monotonic()
+        if why == "draining":
+            spread = conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0
+            return int(1000 * self._rng.uniform(0, spread)) + conf.get("HEARTBEAT_RETRY_MIN_MS")
+        rate = conf.get("HEARTBEAT_CONNECT_RATE") or self.rate
+        self._next_slot = max(now, self._next_slot) + 1.0 / max(rate, 1e-3)
+        wait = (self._next_slot - now) * (1 + HINT_JITTER * self._rng.random())
+        return max(int(wait * 1000), conf.get("HEARTBEAT_RETRY_MIN_MS"))
+
+
+def get_gate() -> Gate:
+    """The handshake gate of the running loop's runtime."""
+    return get_runtime().service(Gate)
+
+
+class AdmissionMiddleware:
+    """ASGI middleware: admit WebSocket handshakes the process can finish, pace the rest."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        gate = get_gate()
+        why = gate.admit()
+        if why is not None:
+            await self._refuse(gate, why, receive, send)
+            return None
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                gate.finished()
+
+        async def send_watching_the_handshake(message: dict[str, Any]) -> None:
+            if message["type"] in ("websocket.accept", "websocket.close"):
+                finish()
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, send_watching_the_handshake)
+        finally:
+            finish()
+
+    @staticmethod
+    async def _refuse(gate: Gate, why: str, receive, send) -> None:
+        gate.metrics.refused.inc(why=why)
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        code = CloseCode.DRAINING if why == "draining" else CloseCode.TRY_AGAIN_LATER
+        text = "server restarting" if why == "draining" else "server busy, try again later"
+        retry = gate.retry_after_ms(why)
+        logger.debug("handshake refused (%s): come back in %d ms", why, retry)
+        # Accepted, told, closed: a refused handshake (HTTP 403) shows only 1006 in
+        # browsers, and the hint would never arrive.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send",
+                    "text": protocol.dumps(protocol.close_notice(code, text, retry))})
+        await send({"type": "websocket.close", "code": int(code),
+                    "reason": protocol.close_reason(text, retry)})

@@ -1,0 +1,127 @@
+"""Graceful drain: what a process does between SIGTERM and its server's own shutdown.
+
+Every deploy and ``systemctl restart`` sends SIGTERM. Left to the server, the
+clients see 1006 or 1012 with no hint, presence leaves wait for a tick that never
+comes, and the session rows end ``instance_lost``. Drained, the process:
+
+1. refuses new handshakes (4001 and a retry hint, by the admission gate and the mixin);
+2. closes every session with a ``close`` notice and 4001, each with a retry hint
+   drawn over ``HEARTBEAT_DRAIN_SPREAD`` seconds, so the clients come back spread
+   out, to the processes that are still up;
+3. keeps its tracker ticking until every leave grace has run out, so a tab that
+   came back on another process within the grace replaces its meta (no blink)
+   and the others leave, broadcast to the other processes;
+4. writes the session rows (``server_shutdown``) and its instance's ``stopped_at``;
+5. hands the signal back to the server, which shuts down as it would have.
+
+Nothing waits longer than ``HEARTBEAT_DRAIN_TIMEOUT`` in all. A second SIGTERM
+skips what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+
+from . import conf
+from .admission import Gate
+from .recorder import Recorder
+from .runtime import Runtime
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+# Sessions closed before the drain yields to the event loop once.
+CLOSE_BATCH = 64
+
+Closer = Callable[[int], Awaitable[None]]
+
+_handler: dict = {"installed": False, "signalled": False, "previous": None}
+
+
+async def drain(runtime: Runtime) -> dict[str, int]:
+    """Drain the runtime's sessions now; return what was done (for logs and tests)."""
+    if runtime.draining:
+        return {"sessions": 0}
+    runtime.draining = True
+    runtime.service(Gate).draining = True
+    clock = runtime.clock
+    deadline = clock.monotonic() + conf.get("HEARTBEAT_DRAIN_TIMEOUT")
+    spread_ms = int((conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0) * 1000)
+    floor_ms = conf.get("HEARTBEAT_RETRY_MIN_MS")
+    closers = list(runtime.closers.values())
+    logger.warning("draining %d sessions (retry hints spread over %d ms)", len(closers),
+                   spread_ms)
+    for count, closer in enumerate(closers, 1):
+        try:
+            await closer(floor_ms + int(runtime.rng() * spread_ms))
+        except Exception:
+            logger.exception("closing a session for the drain failed")
+        if count % CLOSE_BATCH == 0:
+            await asyncio.sleep(0)
+    tracker = runtime.existing(Tracker)
+    if tracker is not None:
+        # The tracker's own ticks finish the leaves once their grace is over and
+        # broadcast them; wait for that, within the drain's time.
+        tracker.ensure_running()
+        while (tracker.local or tracker.diffs) and clock.monotonic() < deadline:
+            await asyncio.sleep(min(conf.tick(), 0.1))
+        await tracker.stop()
+        if tracker.local or tracker.diffs:
+            logger.warning("drain timed out with %d sessions' presence not flushed",
+                           len(tracker.local))
+    recorder = runtime.existing(Recorder)
+    if recorder is not None and conf.get("HEARTBEAT_RECORD_SESSIONS"):
+        await recorder.stop()
+        await recorder.step(force=True, final=True)
+    logger.warning("drain done: %d sessions closed", len(closers))
+    return {"sessions": len(closers)}
+
+
+def install_signal_handler(runtime: Runtime) -> bool:
+    """Drain ``runtime`` on SIGTERM, then pass the signal on to the server's own handler.
+
+    Installed once per process, from the main thread (where servers run their
+    loop), after the server installed its handlers, which it then wraps.
+    """
+    if _handler["installed"] or not conf.get("HEARTBEAT_DRAIN_ON_SIGTERM"):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    _handler.update(installed=True, previous=previous)
+
+    def on_sigterm(signum, frame):
+        if _handler["signalled"]:  # a second SIGTERM: no more waiting
+            _pass_on(previous, signum, frame)
+            return
+        _handler["signalled"] = True
+        loop.call_soon_threadsafe(_start, runtime, previous, signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
+
+
+def _start(runtime: Runtime, previous, signum, frame) -> None:
+    async def drain_then_pass_on():
+        try:
+            await drain(runtime)
+        except Exception:
+            logger.exception("drain failed")
+        finally:
+            _pass_on(previous, signum, frame)
+
+    asyncio.get_running_loop().create_task(drain_then_pass_on())
+
+
+def _pass_on(previous, signum, frame) -> None:
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

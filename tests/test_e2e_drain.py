@@ -1,0 +1,181 @@
+"""SIGTERM drains a real server: 4001 with hints, leaves flushed to the other process, rows.
+
+Two processes share one Redis and one database; A (Daphne or uvicorn) holds the
+clients and gets SIGTERM, B (Daphne) holds an observer. Figures are printed (-s).
+"""
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.servers import ROOT, ServerProcess, server_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+TICK, GRACE, SPREAD = 0.1, 1.0, 1.0
+# From SIGTERM to the observer seeing every leave: the closes, then the grace, one tick.
+LEAVE_BOUND = GRACE + TICK
+SLACK = 1.0
+
+
+def drain_env(database_url, redis_url, prefix):
+    return server_env(
+        database_url, REDIS_URL=redis_url, PRESENCE_KEY_PREFIX=prefix,
+        HEARTBEAT_TICK=str(TICK), PRESENCE_LEAVE_GRACE=str(GRACE),
+        HEARTBEAT_DRAIN_SPREAD=str(SPREAD), HEARTBEAT_RETRY_MIN_MS="200",
+        HEARTBEAT_CHECKPOINT_INTERVAL="0.5", HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5")
+
+
+def logged_in_cookie(database_url: str, username: str) -> str:
+    """A session cookie of a user of the e2e database, made the way Django's login makes it."""
+    code = (
+        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY;"
+        "from django.contrib.auth.models import User;"
+        "from django.contrib.sessions.backends.db import SessionStore;"
+        f"u, _ = User.objects.get_or_create(username={username!r});"
+        "s = SessionStore(); s[SESSION_KEY] = str(u.pk);"
+        "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend';"
+        "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)")
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
+                         env={**os.environ, **server_env(database_url)}, check=True,
+                         timeout=60, capture_output=True, text=True)
+    return f"sessionid={out.stdout.strip().splitlines()[-1]}"
+
+
+class Client:
+    """A client that answers probes and remembers what the server told it."""
+
+    def __init__(self, server, tab, cookie=None, room="deploy"):
+        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}"
+        self.origin = server.origin
+        self.cookie = cookie
+        self.notice = None
+        self.members: dict[str, set] = {}  # key -> refs
+        self.member_leaves: list[tuple[float, str]] = []  # a member's last meta left
+        self.hello = None
+
+    async def start(self):
+        headers = {"Cookie": self.cookie} if self.cookie else None
+        self.ws = await connect(self.url, origin=self.origin, ping_interval=None,
+                                additional_headers=headers)
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    def apply(self, message):
+        if message["type"] == "presence_state":
+            self.members = {k: {m["ref"] for m in v["metas"]}
+                            for k, v in message["members"].items()}
+        elif message["type"] == "presence_diff":
+            for key, value in message["joins"].items():
+                self.members.setdefault(key, set()).update(m["ref"] for m in value["metas"])
+            for key, value in message["leaves"].items():
+                refs = self.members.get(key, set())
+                refs.difference_update(m["ref"] for m in value["metas"])
+                if not refs and key in self.members:
+                    del self.members[key]
+                    self.member_leaves.append((time.monotonic(), key))
+
+    async def run(self):
+        try:
+            async for raw in self.ws:
+                message = json.loads(raw)
+                if message["type"] == "ping":
+                    await self.ws.send(json.dumps({"type": "pong", "id": message["id"]}))
+                elif message["type"] == "close":
+                    self.notice = message
+                elif message["type"] == "hello":
+                    self.hello = message
+                self.apply(message)
+        except ConnectionClosed:
+            pass  # the close code is on self.ws
+
+
+async def until(predicate, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+def rows(database_url, session_ids):
+    path = database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        marks = ",".join("?" * len(session_ids))
+        return db.execute(f"SELECT close_code, close_reason FROM heartbeat_app_session "
+                          f"WHERE id IN ({marks})", list(session_ids)).fetchall()
+
+
+def stopped_instances(database_url):
+    path = database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT id FROM heartbeat_app_serverinstance "
+                          "WHERE stopped_at IS NOT NULL").fetchall()
+
+
+@pytest.fixture
+def shared_redis(redis_url):
+    url = redis_url.rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db, shared_redis,
+                                                              tmp_path):
+    env = drain_env(migrated_db, shared_redis, f"hbdrain-{os.urandom(3).hex()}")
+    a = ServerProcess(tmp_path, env, kind=kind, name="A").start()
+    b = ServerProcess(tmp_path, env, name="B").start()
+    try:
+        observer = await Client(b, "observer").start()
+        returning_cookie = logged_in_cookie(migrated_db, f"returning-{kind}")
+        returning = await Client(a, "tab-r", cookie=returning_cookie).start()
+        leavers = [await Client(a, f"tab-{i}").start() for i in range(5)]
+        assert await until(lambda: len(observer.members) == 7, 10), observer.members
+        returning_key = next(k for k in observer.members if not k.startswith("anon:"))
+        await asyncio.sleep(1.0)  # a checkpoint writes the rows
+        sent = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        # Every client of A is told to come back, with a hint within the spread.
+        drained = [returning, *leavers]
+        for client in drained:
+            await asyncio.wait_for(client.task, 5)
+        closes = [c.ws.close_code for c in drained]
+        hints = [c.notice["retry_after_ms"] for c in drained]
+        assert closes == [4001] * 6
+        assert all(200 <= h <= 200 + SPREAD * 1000 for h in hints), hints
+        # The returning tab comes back at once, on B, as the same member: no blink.
+        back = await Client(b, "tab-r", cookie=returning_cookie).start()
+        assert await until(lambda: back.hello is not None, 5)
+        # The others leave within the grace, seen by the observer on B.
+        assert await until(lambda: len(observer.members) == 2, LEAVE_BOUND + SLACK + 5)
+        last_leave = max(at for at, _ in observer.member_leaves) - sent
+        print(f"\n[drain {kind}] 6 clients closed 4001, hints {sorted(hints)} ms; "
+              f"last leave seen on B {last_leave:.2f} s after SIGTERM "
+              f"(bound {LEAVE_BOUND} s + slack)")
+        assert last_leave <= LEAVE_BOUND + SLACK
+        assert returning_key in observer.members
+        assert returning_key not in [key for _, key in observer.member_leaves]
+        # A exits by itself, its rows say server_shutdown and its instance is stopped.
+        a.proc.wait(timeout=20)
+        ids = [c.hello["session"] for c in drained]
+        assert sorted(rows(migrated_db, ids)) == [(4001, "server_shutdown")] * 6
+        assert len(stopped_instances(migrated_db)) >= 1
+        assert "drain done: 6 sessions closed" in a.log()
+        await back.ws.close()
+        await observer.ws.close()
+    finally:
+        a.stop()
+        b.stop()
