@@ -7,14 +7,52 @@ settings.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qs
+
+from django.core import signing
+from django.utils.crypto import salted_hmac
 
 from . import conf, protocol
 
 #: Marks a per-class override left to the settings.
 FROM_SETTINGS: Any = object()
+
+#: Salt of the anonymous tokens and of the keys derived from Django sessions.
+ANONYMOUS_SALT = "heartbeat_app.anonymous"
+#: The query parameter in which a client presents its anonymous token.
+ANONYMOUS_PARAM = "anon"
+_ANONYMOUS_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_TOKEN = 200  # characters; a token this server issues has about 60
+
+
+def anonymous_token(anonymous_id: str) -> str:
+    """The token that proves the key ``anon:<anonymous_id>`` was issued by this server."""
+    return signing.Signer(salt=ANONYMOUS_SALT).sign(anonymous_id)
+
+
+def anonymous_id(token: Any) -> str | None:
+    """The id carried by a token from anonymous_token(), or None if it is not one."""
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN:
+        return None
+    try:
+        value = signing.Signer(salt=ANONYMOUS_SALT).unsign(token)
+    except signing.BadSignature:
+        return None
+    return value if _ANONYMOUS_ID.fullmatch(value) else None
+
+
+def _session_key(scope: dict) -> str | None:
+    session = scope.get("session")
+    if session is None:
+        return None
+    try:
+        # Resolved by Channels' SessionMiddleware before the consumer runs: no query.
+        return session.session_key or None
+    except (AttributeError, NotImplementedError):  # a LazyObject nobody resolved
+        return None
 
 
 class HeartbeatOptions:
@@ -28,6 +66,10 @@ class HeartbeatOptions:
     heartbeat_timeout: float | None = FROM_SETTINGS
     #: Heartbeat frames per second allowed; FROM_SETTINGS reads HEARTBEAT_RATE_LIMIT.
     heartbeat_rate_limit: float | None = FROM_SETTINGS
+
+    #: The token of the anonymous key this connection was issued, set by
+    #: get_heartbeat_user_key(); sent to the client in ``identity`` to present again.
+    heartbeat_anonymous_token: str | None = None
 
     def get_heartbeat_interval(self) -> float | None:
         """Seconds of silence before this connection is probed, or None."""
@@ -48,17 +90,34 @@ class HeartbeatOptions:
             return None if value is None else float(value)
         return self.heartbeat_rate_limit
 
+    def _heartbeat_query(self, name: str) -> str | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        return query.get(name, [None])[0]
+
     def get_heartbeat_tab(self) -> str:
         """The tab id from the connect URL (``?tab=``), or a new one."""
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        tab = query.get("tab", [None])[0]
+        tab = self._heartbeat_query("tab")
         if protocol.valid_tab_id(tab):
             return tab
         return secrets.token_urlsafe(12)
 
     def get_heartbeat_user_key(self, tab: str) -> str:
-        """The member key: the user's primary key, or ``anon:<tab>``."""
+        """The member key: the user's primary key, or an anonymous key the server issued.
+
+        Never taken from the URL: an anonymous visitor's key derives from its Django
+        session when it has one; else it is the one carried by a token this server
+        signed (``?anon=``), else a new one, whose token goes to the client in
+        ``identity``. The tab id plays no part: anyone may send anyone's.
+        """
         user = self.scope.get("user")
         if user is not None and getattr(user, "is_authenticated", False):
             return str(user.pk)
-        return f"anon:{tab}"
+        session_key = _session_key(self.scope)
+        if session_key:
+            digest = salted_hmac(ANONYMOUS_SALT, session_key, algorithm="sha256")
+            return f"anon:{digest.hexdigest()[:20]}"
+        ident = anonymous_id(self._heartbeat_query(ANONYMOUS_PARAM))
+        if ident is None:
+            ident = secrets.token_urlsafe(12)
+        self.heartbeat_anonymous_token = anonymous_token(ident)
+        return f"anon:{ident}"

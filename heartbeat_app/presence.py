@@ -68,6 +68,10 @@ class PresenceMixin:
         self._presence_tracker = get_tracker()
         await self._presence_tracker.join(session, rooms, self.get_presence_meta(),
                                           layer=layer, send=send)
+        token = getattr(self, "heartbeat_anonymous_token", None)
+        if token:
+            # After the state: clients that read hello then presence_state are unchanged.
+            await send(protocol.identity(session.user_key, token))
 
     async def _presence_close(self, session: SessionState) -> None:
         tracker = self._presence_tracker

@@ -21,6 +21,9 @@ PONG = "pong"
 PRESENCE_STATE = "presence_state"
 PRESENCE_DIFF = "presence_diff"
 ERROR = "error"
+# Sent to a session whose anonymous key rests on a token: the key, and the token to
+# present again (``?anon=``) so that a reload keeps the key.
+IDENTITY = "identity"
 # Sent right before a server close that carries a hint: Daphne drops the close
 # reason on the floor (its serverClose() ignores it), so the hint travels in a
 # frame of its own as well as in the reason.
@@ -292,13 +295,23 @@ def close_notice(code: int, reason: str, retry_after_ms: int | None = None) -> d
 
 # Meta fields that are the server's business, never sent to clients.
 PRIVATE_META = frozenset({"channel", "instance"})
+# Meta fields another client could replay to act as the session they describe: a tab
+# id names a tab whose reload replaces its meta. Clients tell metas apart by
+# ``session`` and ``ref``, ids the server never accepts from a client.
+REPLAYABLE_META = frozenset({"tab"})
+_HIDDEN_META = PRIVATE_META | REPLAYABLE_META
 
 
 def public_members(members: dict[str, dict]) -> dict[str, dict]:
-    """Members (key -> {"metas": [...]}) as clients see them."""
-    return {key: {"metas": [{k: v for k, v in meta.items() if k not in PRIVATE_META}
+    """Members (key -> {"metas": [...]}) as clients see them: no private or replayable field."""
+    return {key: {"metas": [{k: v for k, v in meta.items() if k not in _HIDDEN_META}
                             for meta in value["metas"]]}
             for key, value in members.items()}
+
+
+def identity(key: str, token: str) -> dict[str, Any]:
+    """A session's own member key, and the token that lets it keep that key."""
+    return {"type": IDENTITY, "key": key, "token": token}
 
 
 def presence_state(room: str, members: dict[str, dict]) -> dict[str, Any]:

@@ -54,6 +54,9 @@ async def open_session(tab, user=None):
     assert (await communicator.connect())[0]
     hello = await communicator.receive_json_from()
     await communicator.receive_json_from()  # presence_state
+    if user is None:
+        # An anonymous session is told its server-issued key (docs/protocol.md#identity).
+        communicator.key = (await communicator.receive_json_from())["key"]
     return communicator, hello["session"]
 
 
@@ -120,7 +123,7 @@ async def test_detail_page_tells_the_story(clock, staff):
     response = await staff.get(f"{URL}{session_id}/change/")
     page = response.content.decode()
     assert response.status_code == 200
-    assert "opened by anon:story" in page
+    assert f"opened by {communicator.key} (tab story)" in page
     assert "1 probe(s) sent" in page
     assert "round trip 200.0 ms" in page
     assert "ended: closed (code 1001, going away)" in page
@@ -228,7 +231,7 @@ async def test_presence_overview_lists_rooms_and_members(clock, staff):
     assert response.status_code == 200
     assert 'href="?room=ops"' in page
     response = await staff.get("/admin/heartbeat_app/presenceroom/", {"room": "ops"})
-    assert "anon:pres" in response.content.decode()
+    assert communicator.key in response.content.decode()
     assert session_id[:8] in response.content.decode()
     await communicator.disconnect()
 

@@ -13,7 +13,9 @@ import time
 import pytest
 import redis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from heartbeat_app.options import anonymous_token
 from heartbeat_app.stores.redis import RedisStore
 from tests.servers import ServerProcess, free_port, server_env, wait_for_port
 
@@ -40,10 +42,15 @@ def presence_env(database_url, redis_url, prefix):
 
 
 class View:
-    """A client's picture of a room, kept from presence_state and presence_diff."""
+    """A client's picture of a room, kept from presence_state and presence_diff.
+
+    Each view presents the anonymous token of the id ``tab``, as a client does with the
+    token the server issued it (docs/protocol.md#identity), so its member key is
+    ``anon:<tab>`` and the tests can name it.
+    """
 
     def __init__(self, server, tab, room="lobby"):
-        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}"
+        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}&anon={anonymous_token(tab)}"
         self.origin = server.origin
         self.metas: dict[str, dict] = {}  # ref -> meta
         self.leaves: list[tuple[float, str, str]] = []  # (time, key, reason)
@@ -51,8 +58,10 @@ class View:
         self.closed = None
         self.hello = None
         self.state_count = 0
+        self.task = None
 
     def members(self):
+        self.check()
         keys = {}
         for meta in self.metas.values():
             keys.setdefault(meta["key"], []).append(meta)
@@ -76,6 +85,13 @@ class View:
         elif message["type"] == "hello":
             self.hello = message
 
+    def check(self):
+        """Raise what broke the reader, if anything did: a test must not wait on a dead view."""
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            error = self.task.exception()
+            if error is not None:
+                raise error
+
     async def run(self, ws, ping_every=0.2):
         async def pinger():
             n = 0
@@ -91,8 +107,8 @@ class View:
                 if message["type"] == "ping":
                     await ws.send(json.dumps({"type": "pong", "id": message["id"]}))
                 self.apply(message)
-        except Exception:
-            pass
+        except ConnectionClosed:
+            pass  # the end of the connection; anything else is a bug and fails the test
         finally:
             task.cancel()
             self.closed = ws.close_code

@@ -2,6 +2,7 @@
 
 import asyncio
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -77,7 +78,8 @@ async def test_newcomer_gets_state_and_the_room_gets_a_diff(clock):
         "1": {"metas": [state["members"]["1"]["metas"][0]]}}}
     meta = state["members"]["1"]["metas"][0]
     assert meta["session"] == alice_hello["session"]
-    assert meta["tab"] == "a" and meta["nick"] == "alice" and meta["visible"] is True
+    assert meta["nick"] == "alice" and meta["visible"] is True
+    assert "tab" not in meta, "a tab id is never shown to other clients"
     assert "channel" not in meta and "instance" not in meta
     assert await next_diff(alice) == {"type": "presence_diff", "room": "lobby",
                                       "joins": {"1": {"metas": [meta]}}, "leaves": {}}
@@ -169,20 +171,22 @@ async def test_reload_within_the_grace_does_not_blink(clock):
         watcher, _, _ = await join(tab="w", user=user(1))
         await next_diff(watcher)
         first, _, _ = await join(tab="same-tab")
+        identity = await first.receive_json_from()
+        key = identity["key"]
         diff = await next_diff(watcher)
-        assert list(diff["joins"]) == ["anon:same-tab"]
+        assert list(diff["joins"]) == [key]
         await first.disconnect(code=1001)  # a reload: going away
-        second, hello, state = await join(tab="same-tab")
-        assert [m["session"] for m in state["members"]["anon:same-tab"]["metas"]] == [
-            hello["session"]]
+        # The reloaded page presents the token it was given, and the same tab id.
+        second, hello, state = await join(tab=f"same-tab&anon={quote(identity['token'])}")
+        assert [m["session"] for m in state["members"][key]["metas"]] == [hello["session"]]
         diff = await next_diff(watcher)
         # The old meta is replaced, the member never left.
-        assert diff["leaves"]["anon:same-tab"]["metas"][0]["reason"] == "replaced"
-        assert diff["joins"]["anon:same-tab"]["metas"][0]["session"] == hello["session"]
+        assert diff["leaves"][key]["metas"][0]["reason"] == "replaced"
+        assert diff["joins"][key]["metas"][0]["session"] == hello["session"]
         clock.advance(GRACE)
         await asyncio.sleep(3 * TICK)
         assert left == []
-        assert list(await presence.amembers("lobby")) == ["1", "anon:same-tab"]
+        assert list(await presence.amembers("lobby")) == ["1", key]
         await second.disconnect(code=1000)
         await watcher.disconnect(code=1000)
     finally:
@@ -273,11 +277,12 @@ async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(make_runtime
     assert (await communicator.receive_json_from())["type"] == "hello"
     await asyncio.sleep(0.15)  # the join gives up after the 50 ms store timeout
     assert not active.degraded and active.unsynced_joins
+    key = (await communicator.receive_json_from())["key"]  # identity: sent all the same
     store.delay = 0.0
     runtime.lag = 0.0
     await active.step()
     state = await communicator.receive_json_from()
-    assert state["type"] == "presence_state" and "anon:late" in state["members"]
+    assert state["type"] == "presence_state" and key in state["members"]
     assert not active.degraded and not active.unsynced_joins
     assert runtime.metrics.outages.value() == 0
     assert runtime.metrics.store_calls_late.value() >= 1

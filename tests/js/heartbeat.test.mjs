@@ -69,6 +69,32 @@ describe("connecting", () => {
     assert.equal(ws().url, "ws://example.test/ws/rooms/lobby/");
   });
 
+  test("the anonymous token of identity is kept in sessionStorage and presented on connect", () => {
+    const storage = fakeStorage();
+    const { sock, ws, open } = setup({ storage });
+    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}`);
+    assert.equal(sock.memberKey, null);
+    const w = open();
+    w.serverSend({ type: "identity", key: "anon:Qx3", token: "Qx3:s1g/n+d" });
+    assert.equal(sock.memberKey, "anon:Qx3");
+    assert.equal(storage.data["heartbeat_app.anon"], "Qx3:s1g/n+d");
+    // The next connection of this socket, and a reload of the page, present it.
+    sock.reconnect();
+    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}&anon=Qx3%3As1g%2Fn%2Bd`);
+    storage.data["heartbeat_app.tab.live"] = "0";   // the page went away (pagehide)
+    const reloaded = setup({ storage });
+    assert.equal(reloaded.ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}&anon=Qx3%3As1g%2Fn%2Bd`);
+  });
+
+  test("identity is not a message event; a blocked sessionStorage keeps the token in memory", () => {
+    const storage = { getItem() { throw new Error("SecurityError"); }, setItem() { throw new Error("SecurityError"); } };
+    const { sock, ws, open, of } = setup({ storage });
+    open().serverSend({ type: "identity", key: "anon:k", token: "k:sig" });
+    assert.equal(of("message").length, 0);
+    sock.reconnect();
+    assert.match(ws().url, /&anon=k%3Asig$/);
+  });
+
   test("state is connecting until hello, then open; open carries the session settings", () => {
     const { sock, open, of } = setup();
     assert.equal(sock.state, "connecting");

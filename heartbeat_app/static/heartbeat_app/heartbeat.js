@@ -28,6 +28,7 @@
     maxQueueBytes: 65536,      // bytes kept while disconnected (oldest dropped)
     tab: true,                 // true: id kept in sessionStorage; a string: that id; false: none
     tabKey: "heartbeat_app.tab",
+    anonKey: "heartbeat_app.anon",   // sessionStorage key of the token `identity` carries; null: not kept
     reconnectWhileHidden: false,
     autoConnect: true,
     shouldReconnect: shouldReconnect,
@@ -37,7 +38,7 @@
   };
 
   // Frames the client handles itself; everything else is a `message` event.
-  var OWN = {hello: 1, ping: 1, pong: 1, close: 1, presence_state: 1, presence_diff: 1};
+  var OWN = {hello: 1, ping: 1, pong: 1, close: 1, identity: 1, presence_state: 1, presence_diff: 1};
   var TAB = /^[A-Za-z0-9_-]{1,64}$/;
   var OPEN = 1;
 
@@ -100,6 +101,7 @@
       var o = this.options = Object.assign({}, DEFAULTS, options);
       this.url = url;
       this.session = null;        // session id from the latest hello
+      this.memberKey = null;      // this client's member key, from the server's identity frame
       this.interval = null;       // ms between pings, from hello (null: heartbeats off)
       this.timeout = null;        // ms a ping may go unanswered, from hello
       this.rtt = null;            // latest round-trip time of a ping, ms
@@ -122,6 +124,7 @@
       this._everOpen = false;
       this._stopped = true;
       this.tab = this._initialTab();
+      this._anon = this._load(o.anonKey);   // the anonymous token the server issued, if any
       // Listeners are kept on the object so close() can remove exactly these.
       this._onVisibility = () => this._visibilityChanged();
       this._onWake = () => this._wake();
@@ -312,6 +315,11 @@
       try { return this._win().sessionStorage; } catch (e) { return null; }
     }
 
+    _load(key) {
+      if (!key) return null;
+      try { var s = this._storage(); return (s && s.getItem(key)) || null; } catch (e) { return null; }
+    }
+
     _saveTab(tab) {
       if (this.options.tab !== true) return;
       try { var s = this._storage(); if (s) s.setItem(this.options.tabKey, tab); } catch (e) { /* quota or blocked */ }
@@ -334,6 +342,7 @@
         u = (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + (u.charAt(0) === "/" ? "" : "/") + u;
       }
       if (this.tab) u += (u.indexOf("?") >= 0 ? "&" : "?") + "tab=" + encodeURIComponent(this.tab);
+      if (this._anon) u += (u.indexOf("?") >= 0 ? "&" : "?") + "anon=" + encodeURIComponent(this._anon);
       return u;
     }
 
@@ -525,6 +534,7 @@
           // A server probe: answer at once, from this network callback.
           return this._raw({type: "pong", id: msg.id, visible: !this._hidden()});
         case "pong": return this._pong(msg);
+        case "identity": return this._identity(msg);
         case "close":
           this._hint = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : null;
           return;
@@ -555,6 +565,19 @@
       // The first ping at once: reports visibility, measures RTT, and its pong proves the new
       // connection works, which resets the backoff.
       if (this.interval != null) this._ping(this.timeout);
+    }
+
+    /**
+     * The server's word on who this client is. An anonymous key rests on a token the server
+     * signed; presenting it again (`?anon=`) keeps the key across reconnects and reloads. The
+     * tab id cannot do that: anyone can send anyone's (docs/protocol.md#identity).
+     */
+    _identity(msg) {
+      if (typeof msg.key === "string") this.memberKey = msg.key;
+      if (typeof msg.token !== "string" || !msg.token) return;
+      this._anon = msg.token;
+      var key = this.options.anonKey;
+      try { var s = key && this._storage(); if (s) s.setItem(key, msg.token); } catch (e) { /* quota or blocked */ }
     }
 
     _pong(msg) {

@@ -1,0 +1,105 @@
+"""End to end: what one visitor cannot do to another, on two Daphne processes sharing Redis.
+
+- A tab id sent by another visitor takes over nothing: the victim stays, nobody sees
+  it leave or replaced, and the thief is a member of its own.
+"""
+
+import asyncio
+import os
+from urllib.parse import quote
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+
+from tests.servers import ServerProcess
+from tests.test_e2e_presence import View, presence_env, until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+QUIET = 1.0  # seconds (ten ticks) in which a refused or replayed join must show nothing
+
+
+class Recording(View):
+    """A View that keeps every frame it got, and knows its own member key."""
+
+    def __init__(self, server, tab, room="lobby", cookie=None):
+        super().__init__(server, tab, room)
+        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}"  # no token: the server issues one
+        self.cookie = cookie
+        self.frames: list[dict] = []
+
+    @property
+    def key(self):
+        """The key of this client's own meta, as the room sees it."""
+        session = (self.hello or {}).get("session")
+        return next((meta["key"] for meta in self.metas.values()
+                     if meta.get("session") == session), None)
+
+    def apply(self, message):
+        self.frames.append(message)
+        super().apply(message)
+
+    def presence_frames(self):
+        return [f for f in self.frames if f["type"].startswith("presence_")]
+
+    async def open(self):
+        headers = {"Cookie": self.cookie} if self.cookie else None
+        self.ws = await connect(self.url, origin=self.origin, ping_interval=None,
+                                additional_headers=headers)
+        self.task = asyncio.create_task(self.run(self.ws))
+        return self
+
+
+@pytest.fixture
+def two_servers(admin_db, redis_url, tmp_path):
+    url = redis_url.rsplit("/", 1)[0] + "/12"
+    redis.Redis.from_url(url).flushdb()
+    env = presence_env(admin_db, url, f"hbsec-{os.urandom(4).hex()}")
+    env["PRESENCE_LEAVE_GRACE"] = "2"  # room enough for a reload on a busy machine
+    a = ServerProcess(tmp_path, env, name="A").start()
+    b = ServerProcess(tmp_path, env, name="B").start()
+    yield a, b
+    a.stop()
+    b.stop()
+    redis.Redis.from_url(url).flushdb()
+
+
+async def close_all(*views):
+    for view in views:
+        await view.ws.close()
+
+
+async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
+    a, b = two_servers
+    watcher = await Recording(a, "watcher").open()
+    victim = await Recording(a, "victim-tab").open()
+    assert await until(lambda: victim.key and watcher.key, 5)
+    assert await until(lambda: set(watcher.members()) == {watcher.key, victim.key}, 5)
+    seen = len(watcher.frames)
+    # The thief knows the victim's tab id (and the victim's key's id) and sends both, from
+    # the other process; it has no token the server signed for that key.
+    anon_id = victim.key.removeprefix("anon:")
+    thief = Recording(b, "victim-tab")
+    thief.url += f"&anon={quote(anon_id)}"
+    await thief.open()
+    assert await until(lambda: thief.key is not None, 5)
+    assert thief.key not in (victim.key, watcher.key)
+    assert await until(lambda: thief.key in watcher.members(), 5)
+    await asyncio.sleep(QUIET)
+    assert victim.key in watcher.members() and victim.closed is None
+    later = watcher.frames[seen:]
+    leaves = [key for f in later if f["type"] == "presence_diff" for key in f["leaves"]]
+    assert leaves == [], f"the victim must not leave, nor be replaced: {later}"
+    assert all("tab" not in meta for v in watcher.members().values() for meta in v)
+    # The victim's own reload (its token, its tab) still replaces its meta without a blink.
+    token = next(f["token"] for f in victim.frames if f["type"] == "identity")
+    reload = Recording(a, "victim-tab")
+    reload.url += f"&anon={quote(token)}"
+    await victim.ws.close(code=1001)
+    await reload.open()
+    assert await until(lambda: reload.key == victim.key, 5)
+    assert await until(lambda: any(r == "replaced" for _, k, r in watcher.leaves
+                                   if k == victim.key), 5)
+    assert [r for _, k, r in watcher.leaves if k == victim.key] == ["replaced"]
+    await close_all(watcher, thief, reload)

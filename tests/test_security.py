@@ -1,0 +1,191 @@
+"""What one client cannot do to another: take its identity or its tab, see a room it may not.
+
+Real consumers (WebsocketCommunicator), the memory store and a shrunk tick; the same
+findings against real Daphne processes on Redis are in tests/test_e2e_security.py.
+"""
+
+import asyncio
+from types import SimpleNamespace
+from urllib.parse import quote
+
+import pytest
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.signed_cookies import SessionStore
+
+from heartbeat_app import options, presence, stores
+from heartbeat_app.consumers import HeartbeatMixin
+from heartbeat_app.scheduler import Scheduler
+
+MS = 0.001
+TICK = 50 * MS
+
+
+class RoomConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    heartbeat_interval = 2.0
+    heartbeat_timeout = 1.0
+
+    def get_presence_rooms(self):
+        return [self.scope["url_route"]["kwargs"]["room"]]
+
+
+def user(pk):
+    return SimpleNamespace(pk=pk, is_authenticated=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_presence(settings):
+    settings.HEARTBEAT_TICK = TICK
+    settings.PRESENCE_LEAVE_GRACE = 0.3
+    settings.PRESENCE_STORE = "memory"
+    stores.reset_store()
+    yield
+    stores.reset_store()
+
+
+@pytest.fixture
+async def clock(make_runtime, fake_clock):
+    fake_clock.runtime = make_runtime(autostart={"tracker"})
+    fake_clock.scheduler = fake_clock.runtime.service(Scheduler)
+    return fake_clock
+
+
+def communicator_for(room="lobby", query="", **scope):
+    communicator = WebsocketCommunicator(RoomConsumer.as_asgi(), f"/ws/rooms/{room}/?{query}")
+    communicator.scope["url_route"] = {"kwargs": {"room": room}}
+    communicator.scope.update(scope)
+    return communicator
+
+
+async def join(room="lobby", query="", **scope):
+    """Connect; return the communicator and what it got: hello, presence_state, identity."""
+    communicator = communicator_for(room, query, **scope)
+    connected, _ = await communicator.connect()
+    assert connected
+    hello = await communicator.receive_json_from()
+    assert hello["type"] == "hello"
+    state = await communicator.receive_json_from()
+    assert state["type"] == "presence_state"
+    identity = None
+    if not getattr(scope.get("user"), "is_authenticated", False) and "session" not in scope:
+        identity = await communicator.receive_json_from()
+        assert identity["type"] == "identity"
+    return SimpleNamespace(ws=communicator, hello=hello, state=state, identity=identity)
+
+
+async def next_diff(communicator, timeout=2.0):
+    while True:
+        message = await communicator.receive_json_from(timeout=timeout)
+        if message["type"] == "presence_diff":
+            return message
+
+
+async def frame_types(communicator, quiet=5 * TICK):
+    """The types of the frames that arrive until the line is quiet for ``quiet`` seconds."""
+    types = []
+    while not await communicator.receive_nothing(timeout=quiet):
+        types.append((await communicator.receive_json_from())["type"])
+    return types
+
+
+def key_of(joined):
+    """The member key of a joined client, from its own meta in its presence_state."""
+    return next(key for key, member in joined.state["members"].items()
+                if any(m["session"] == joined.hello["session"] for m in member["metas"]))
+
+
+# An anonymous member key comes from the server ---------------------------------------------
+
+
+async def test_an_anonymous_key_is_never_taken_from_the_url(clock):
+    one = await join(query="tab=T")
+    two = await join(query="tab=T")
+    forged = await join(query="tab=T&anon=T")  # an id without the server's signature
+    keys = [key_of(one), key_of(two), key_of(forged)]
+    assert len(set(keys)) == 3
+    assert all(key.startswith("anon:") and "T" != key[5:] for key in keys)
+    assert [one.identity["key"], two.identity["key"], forged.identity["key"]] == keys
+    for joined in (one, two, forged):
+        await joined.ws.disconnect(code=1000)
+
+
+async def test_a_token_the_server_issued_keeps_the_anonymous_key(clock):
+    first = await join(query="tab=A")
+    token = first.identity["token"]
+    assert first.identity == {"type": "identity", "key": key_of(first), "token": token}
+    await first.ws.disconnect(code=1000)
+    again = await join(query=f"tab=A&anon={quote(token)}")
+    assert key_of(again) == key_of(first) and again.identity["token"] == token
+    # A token altered by one character is refused, and a new key is issued instead.
+    tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+    other = await join(query=f"tab=A&anon={quote(tampered)}")
+    assert key_of(other) != key_of(first)
+    await again.ws.disconnect(code=1000)
+    await other.ws.disconnect(code=1000)
+
+
+async def test_an_anonymous_key_from_the_django_session_does_not_show_the_session(clock):
+    session = SessionStore()
+    session["visited"] = True
+    session.save()
+    one = await join(query="tab=a", session=SessionStore(session.session_key))
+    two = await join(query="tab=b", session=SessionStore(session.session_key))
+    key = key_of(one)
+    assert key == key_of(two), "one visitor, two tabs: one member"
+    assert key.startswith("anon:") and session.session_key not in key
+    assert len(one.state["members"]) == 1 and len(one.state["members"][key]["metas"]) == 1
+    # A session-derived key needs no token: no identity frame is sent.
+    assert "identity" not in await frame_types(one.ws)
+    await one.ws.disconnect(code=1000)
+    await two.ws.disconnect(code=1000)
+
+
+def test_the_hook_is_still_get_heartbeat_user_key():
+    class Custom(RoomConsumer):
+        def get_heartbeat_user_key(self, tab):
+            return "custom"
+
+    consumer = Custom()
+    consumer.scope = {"query_string": b"tab=x"}
+    assert consumer.get_heartbeat_user_key("x") == "custom"
+    assert options.anonymous_id(options.anonymous_token("abc")) == "abc"
+    assert options.anonymous_id("abc") is None
+
+
+# A tab id is scoped to its member, and other clients never see it ---------------------------
+
+
+async def test_a_stolen_tab_id_replaces_nobody(clock):
+    watcher = await join(query="tab=w", user=user(1))
+    await next_diff(watcher.ws)
+    victim = await join(query="tab=victim-tab")
+    diff = await next_diff(watcher.ws)
+    victim_key = key_of(victim)
+    assert list(diff["joins"]) == [victim_key]
+    thief = await join(query="tab=victim-tab")
+    diff = await next_diff(watcher.ws)
+    assert diff["leaves"] == {}, "the victim must not leave, nor be replaced"
+    assert list(diff["joins"]) == [key_of(thief)] != [victim_key]
+    members = await presence.amembers("lobby")
+    assert sorted(members) == sorted(["1", victim_key, key_of(thief)])
+    for joined in (thief, victim, watcher):
+        await joined.ws.disconnect(code=1000)
+
+
+async def test_metas_sent_to_clients_carry_no_tab(clock):
+    watcher = await join(query="tab=w", user=user(1))
+    joined = await next_diff(watcher.ws)
+    other = await join(query="tab=secret-tab", user=user(2))
+    diff = await next_diff(watcher.ws)
+    metas = [m for frame in (watcher.state, other.state) for member in frame["members"].values()
+             for m in member["metas"]]
+    metas += [m for frame in (joined, diff) for side in ("joins", "leaves")
+              for member in frame[side].values() for m in member["metas"]]
+    assert metas and all("tab" not in m for m in metas)
+    assert all({"session", "key", "ref", "visible", "online_at"} <= set(m) for m in metas)
+    assert "secret-tab" not in str(await presence.amembers("lobby"))
+    await other.ws.disconnect(code=1000)
+    await asyncio.sleep(3 * TICK)
+    leave = await next_diff(watcher.ws)
+    assert all("tab" not in m for m in leave["leaves"]["2"]["metas"])
+    await watcher.ws.disconnect(code=1000)
