@@ -8,6 +8,7 @@ functions below, or their sync twins from views and the admin.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -49,20 +50,41 @@ class PresenceMixin:
         """Extra, JSON-serialisable fields for this session's meta in every room."""
         return {}
 
+    def can_join_presence(self, room: str) -> bool | Awaitable[bool]:
+        """Whether this connection may be present in ``room``; may be ``async def``.
+
+        Asked for every room of get_presence_rooms(), after accept and before any
+        presence work. One refusal refuses the connection: the client gets an
+        ``error`` (``room_forbidden``) and a close, 4401 when anonymous, 4403 when
+        signed in. A sync override runs on the event loop: make it async (with
+        ``database_sync_to_async``) if it queries the database.
+        """
+        return True
+
     async def _presence_open(self, session: SessionState,
-                             send: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
+                             send: Callable[[dict[str, Any]], Awaitable[Any]]) -> bool:
+        """Join the session's rooms; False if a room was refused (the connection closes)."""
         rooms = self.get_presence_rooms()
         if not rooms:
-            return
+            return True
         for room in rooms:
             if not isinstance(room, str) or not ROOM_NAME.match(room):
                 raise ValueError(
                     f"Presence room names are 1 to 80 letters, digits, '_', '-' or '.': {room!r}"
                 )
+        for room in rooms:
+            allowed = self.can_join_presence(room)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if session.closed:
+                return False  # gone while the hook ran: nothing to join
+            if not allowed:
+                await self._presence_refuse(session, room, send)
+                return False
         layer = getattr(self, "channel_layer", None)
         if layer is None:
             logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
-            return
+            return True
         session.rooms = list(rooms)
         self._presence_session, self._presence_send = session, send
         self._presence_tracker = get_tracker()
@@ -72,6 +94,19 @@ class PresenceMixin:
         if token:
             # After the state: clients that read hello then presence_state are unchanged.
             await send(protocol.identity(session.user_key, token))
+        return True
+
+    async def _presence_refuse(self, session: SessionState, room: str,
+                               send: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
+        # Nothing about the room goes out (no state, no count), and the room sees
+        # nothing: the refusal comes before the group, the store and the tracker.
+        user = getattr(self, "scope", {}).get("user")
+        signed_in = bool(getattr(user, "is_authenticated", False))
+        code = CloseCode.FORBIDDEN if signed_in else CloseCode.UNAUTHENTICATED
+        logger.info("session %s refused presence in room %r: closing %d", session.id, room,
+                    int(code))
+        await send(protocol.room_forbidden(room))
+        await self.close(code=int(code))
 
     async def _presence_close(self, session: SessionState) -> None:
         tracker = self._presence_tracker

@@ -42,6 +42,8 @@ ERR_INVALID_JSON = "invalid_json"
 ERR_INVALID_MESSAGE = "invalid_message"
 ERR_FRAME_TOO_LARGE = "frame_too_large"
 ERR_BINARY_NOT_SUPPORTED = "binary_not_supported"
+# A presence room the consumer refused (its can_join_presence()); carries ``room``.
+ERR_ROOM_FORBIDDEN = "room_forbidden"
 
 # Cheap pre-filter: only frames that could be a heartbeat are parsed by the mixin,
 # so user frames are never decoded twice.
@@ -307,6 +309,12 @@ def public_members(members: dict[str, dict]) -> dict[str, dict]:
     return {key: {"metas": [{k: v for k, v in meta.items() if k not in _HIDDEN_META}
                             for meta in value["metas"]]}
             for key, value in members.items()}
+
+
+def room_forbidden(room: str) -> dict[str, Any]:
+    """The refusal of a presence room: it names the room the client asked for, nothing more."""
+    return {"type": ERROR, "code": ERR_ROOM_FORBIDDEN, "room": room,
+            "detail": "This connection may not join this room."}
 
 
 def identity(key: str, token: str) -> dict[str, Any]:

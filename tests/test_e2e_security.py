@@ -2,17 +2,25 @@
 
 - A tab id sent by another visitor takes over nothing: the victim stays, nobody sees
   it leave or replaced, and the thief is a member of its own.
+- A room the demo's policy refuses (``private-…`` for an anonymous visitor) gets the
+  refused client hello, ``room_forbidden`` and a 4401 close, and its members see
+  nothing at all of it.
 """
 
 import asyncio
+import json
 import os
+import time
 from urllib.parse import quote
 
 import pytest
 import redis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from tests.servers import ServerProcess
+from tests.test_e2e_admin import AdminBrowser
 from tests.test_e2e_presence import View, presence_env, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -103,3 +111,37 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
                                    if k == victim.key), 5)
     assert [r for _, k, r in watcher.leaves if k == victim.key] == ["replaced"]
     await close_all(watcher, thief, reload)
+
+
+async def test_a_refused_room_sends_nothing_about_it_and_shows_nothing_to_it(two_servers):
+    a, b = two_servers
+    browser = AdminBrowser(a.origin)
+    browser.login(ADMIN_USER, ADMIN_PASSWORD)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
+    member = await Recording(a, "member", room="private-ops", cookie=cookie).open()
+    assert await until(lambda: len(member.members()) == 1, 5)
+    assert await until(lambda: any(f["type"] == "presence_diff" for f in member.frames), 5)
+    before = len(member.presence_frames())
+
+    async with connect(f"{b.url}/ws/rooms/private-ops/?tab=nosy", origin=b.origin,
+                       ping_interval=None) as nosy:
+        frames = []
+        try:
+            async with asyncio.timeout(5):
+                async for raw in nosy:
+                    frames.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+    assert [f["type"] for f in frames] == ["hello", "error"]
+    error = frames[1]
+    assert error["code"] == "room_forbidden" and error["room"] == "private-ops"
+    assert set(error) == {"type", "code", "room", "detail"}
+    assert nosy.close_code == 4401
+    # Nothing of the room reached the refused client, and nothing of it reached the room.
+    started = time.monotonic()
+    await asyncio.sleep(QUIET)
+    assert member.presence_frames()[before:] == [], "no join, no leave, no diff at all"
+    assert len(member.members()) == 1
+    print(f"\n[security] refused client: {[f['type'] for f in frames]}, close "
+          f"{nosy.close_code}; the room saw no frame in {time.monotonic() - started:.1f} s")
+    await close_all(member)

@@ -5,11 +5,13 @@ findings against real Daphne processes on Redis are in tests/test_e2e_security.p
 """
 
 import asyncio
+import json
 from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.signed_cookies import SessionStore
 
@@ -189,3 +191,107 @@ async def test_metas_sent_to_clients_carry_no_tab(clock):
     leave = await next_diff(watcher.ws)
     assert all("tab" not in m for m in leave["leaves"]["2"]["metas"])
     await watcher.ws.disconnect(code=1000)
+
+
+# Room authorization: refused before any presence work, and told nothing of the room -----------
+
+
+class GuardedConsumer(RoomConsumer):
+    """Rooms named ``private-…`` need a signed-in user (the demo's policy), via an async hook."""
+
+    asked: list = []
+
+    async def can_join_presence(self, room):
+        self.asked.append((room, self.heartbeat_session.id))
+        await asyncio.sleep(0)
+        return not room.startswith("private-") or self.scope["user"].is_authenticated
+
+    def get_presence_meta(self):
+        assert self.heartbeat_session.close_code is None, "no meta for a refused session"
+        return {}
+
+
+class SyncGuard(GuardedConsumer):
+    def can_join_presence(self, room):  # a sync hook will do too
+        return room != "staff"
+
+
+async def refused(room, consumer=GuardedConsumer, **scope):
+    """Connect to a refused room; return the frames before the close, and the close."""
+    communicator = WebsocketCommunicator(consumer.as_asgi(), f"/ws/rooms/{room}/?tab=r")
+    communicator.scope["url_route"] = {"kwargs": {"room": room}}
+    communicator.scope.update(scope)
+    connected, _ = await communicator.connect()
+    assert connected, "accept, then close: a refused handshake shows only 1006 in browsers"
+    frames = []
+    while True:
+        output = await communicator.receive_output(timeout=2)
+        if output["type"] == "websocket.close":
+            return communicator, frames, output
+        frames.append(json.loads(output["text"]))
+
+
+async def test_a_refused_room_gets_hello_room_forbidden_and_4401(clock):
+    member = await join(room="private-ops", query="tab=m", user=user(1))
+    await next_diff(member.ws)
+    layer = get_channel_layer()
+    communicator, frames, closed = await refused("private-ops",
+                                                 user=SimpleNamespace(is_authenticated=False))
+    assert [f["type"] for f in frames] == ["hello", "error"]
+    assert frames[1] == {"type": "error", "code": "room_forbidden", "room": "private-ops",
+                         "detail": frames[1]["detail"]}
+    assert closed["code"] == 4401
+    assert ("private-ops", frames[0]["session"]) in GuardedConsumer.asked
+    # Nothing of the refused session reached the room, its group or the store.
+    assert await frame_types(member.ws, quiet=10 * TICK) == []
+    assert list(await presence.amembers("private-ops")) == ["1"]
+    assert len(layer.groups["presence.private-ops"]) == 1
+    await communicator.disconnect(code=4401)
+    assert await frame_types(member.ws, quiet=10 * TICK) == []
+    await member.ws.disconnect(code=1000)
+
+
+async def test_a_refused_signed_in_user_gets_4403_and_an_allowed_one_joins(clock):
+    communicator, frames, closed = await refused("staff", SyncGuard, user=user(5))
+    assert [f["type"] for f in frames] == ["hello", "error"] and closed["code"] == 4403
+    await communicator.disconnect(code=4403)
+    allowed = WebsocketCommunicator(SyncGuard.as_asgi(), "/ws/rooms/lobby/?tab=a")
+    allowed.scope["url_route"] = {"kwargs": {"room": "lobby"}}
+    allowed.scope["user"] = user(5)
+    assert (await allowed.connect())[0]
+    assert [(await allowed.receive_json_from())["type"] for _ in range(2)] == [
+        "hello", "presence_state"]
+    await allowed.disconnect(code=1000)
+
+
+def test_every_consumer_may_join_unless_it_says_otherwise():
+    assert RoomConsumer().can_join_presence("anything") is True
+
+
+async def test_the_demo_refuses_private_rooms_to_anonymous_visitors(clock):
+    from project.consumers import RoomConsumer as DemoConsumer
+
+    layer = get_channel_layer()
+    communicator = WebsocketCommunicator(DemoConsumer.as_asgi(), "/ws/rooms/private-x/?tab=n")
+    communicator.scope["url_route"] = {"kwargs": {"room": "private-x"}}
+    communicator.scope["user"] = SimpleNamespace(is_authenticated=False)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    assert (await communicator.receive_json_from())["code"] == "room_forbidden"
+    assert (await communicator.receive_output(timeout=2))["code"] == 4401
+    # Not in the chat group either: the room's messages never reach it.
+    assert not layer.groups.get("room.private-x")
+    await communicator.send_json_to({"type": "chat", "text": "let me in"})
+    await communicator.disconnect(code=4401)
+    signed_in = WebsocketCommunicator(DemoConsumer.as_asgi(), "/ws/rooms/private-x/?tab=s")
+    signed_in.scope["url_route"] = {"kwargs": {"room": "private-x"}}
+    signed_in.scope["user"] = user(3)
+    assert (await signed_in.connect())[0]
+    assert [(await signed_in.receive_json_from())["type"] for _ in range(2)] == [
+        "hello", "presence_state"]
+    for _ in range(100):  # connect() joins the chat group once accept() returns
+        if layer.groups.get("room.private-x"):
+            break
+        await asyncio.sleep(MS)
+    assert layer.groups.get("room.private-x")
+    await signed_in.disconnect(code=1000)
