@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -242,6 +243,10 @@ class PresenceAdmin(admin.ModelAdmin):
         return False
 
     def changelist_view(self, request, extra_context=None):
+        # This view replaces ModelAdmin's, and with it the permission check it makes:
+        # staff without the view permission must not read who is where.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         room = request.GET.get("room", "")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta,
                    "title": "Presence", "room": room, "error": None, "rooms": {},

@@ -236,6 +236,27 @@ async def test_presence_overview_lists_rooms_and_members(clock, staff):
     await communicator.disconnect()
 
 
+async def test_presence_overview_needs_the_view_permission(clock, async_client):
+    communicator, session_id = await open_session("perm")
+    nobody = await sync_to_async(User.objects.create_user)("nobody", is_staff=True)
+    await sync_to_async(async_client.force_login)(nobody)
+    for query in ({}, {"room": "ops"}):
+        response = await async_client.get("/admin/heartbeat_app/presenceroom/", query)
+        assert response.status_code == 403
+        page = response.content.decode()
+        assert communicator.key not in page and session_id[:8] not in page and "ops" not in page
+    index = (await async_client.get("/admin/")).content.decode()
+    assert "presenceroom" not in index
+    view = await Permission.objects.aget(codename="view_presenceroom",
+                                         content_type__app_label="heartbeat_app")
+    await sync_to_async(nobody.user_permissions.add)(view)
+    viewer = await User.objects.aget(pk=nobody.pk)  # a fresh permission cache
+    await sync_to_async(async_client.force_login)(viewer)
+    response = await async_client.get("/admin/heartbeat_app/presenceroom/", {"room": "ops"})
+    assert response.status_code == 200 and communicator.key in response.content.decode()
+    await communicator.disconnect()
+
+
 async def test_presence_overview_says_when_the_store_is_down(clock, staff, settings):
     settings.PRESENCE_STORE = "redis"
     settings.PRESENCE_REDIS_URL = "redis://127.0.0.1:1/0"
