@@ -93,7 +93,9 @@ class Session(models.Model):
                              on_delete=models.SET_NULL, db_constraint=False,
                              related_name="+")
     user_key = models.CharField("member key", max_length=120, db_index=True)
-    rooms = models.CharField(max_length=500, blank=True, help_text="Space-separated.")
+    # Text, not a bounded CharField: PostgreSQL refused a row whose rooms went past the
+    # bound, and with it the whole checkpoint of its process, at every tick.
+    rooms = models.TextField(blank=True, help_text="Space-separated.")
     tab = models.CharField(max_length=64)
     instance = models.ForeignKey(ServerInstance, null=True, blank=True,
                                  on_delete=models.SET_NULL, db_constraint=False,

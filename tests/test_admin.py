@@ -295,6 +295,22 @@ def test_checkpoint_queries_do_not_grow_with_sessions(db):
     assert counts[10] == counts[400]
 
 
+def test_a_session_in_many_long_rooms_is_written_open_checkpointed_and_closed(db):
+    """Seven rooms of 80 characters (566 with the spaces) must not stop the recorder."""
+    rooms = " ".join(f"{i}" * 80 for i in range(7))
+    now = timezone.now()
+    row = Session(id="r" * 32, user_key="anon:many", tab="t", rooms=rooms,
+                  instance_id=instance_id(), opened_at=now, last_seen_at=now)
+    write([row], [], [], 1, now)
+    row.last_seen_at = now + timedelta(seconds=5)
+    write([], [row], [], 1, now + timedelta(seconds=5))
+    row.closed_at, row.close_code, row.close_reason = now + timedelta(seconds=6), 1000, "closed"
+    write([], [], [row], 0, now + timedelta(seconds=6))
+    stored = Session.objects.get(pk=row.pk)
+    assert (stored.rooms, stored.close_code) == (rooms, 1000)
+    assert len(stored.rooms) == 566
+
+
 def test_prune_deletes_old_closed_rows_in_batches(db):
     now = timezone.now()
     old = now - timedelta(days=40)
