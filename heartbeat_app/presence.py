@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from .tracker import Tracker, get_tracker
 
 logger = logging.getLogger(__name__)
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+ROOM_NAME = protocol.ROOM_NAME
 public_members = protocol.public_members
 
 
@@ -68,7 +67,7 @@ class PresenceMixin:
         if not rooms:
             return True
         for room in rooms:
-            if not isinstance(room, str) or not ROOM_NAME.match(room):
+            if not protocol.valid_room_name(room):
                 raise ValueError(
                     f"Presence room names are 1 to 80 letters, digits, '_', '-' or '.': {room!r}"
                 )

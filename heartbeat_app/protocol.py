@@ -51,6 +51,9 @@ _HEARTBEAT_HINT = re.compile(r'"type"\s*:\s*"p[io]ng"')
 # An oversize frame is refused unparsed only when it opens as a heartbeat would.
 _HEARTBEAT_OPENING = re.compile(r'\s*\{\s*"type"\s*:\s*"p[io]ng"')
 _TAB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Whole-string matches only (fullmatch): "$" lets a trailing newline through, and
+# room names are joined with "\n" in the store's keys.
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _RETRY_HINT = re.compile(r"retry_after_ms=(\d+)")
 
 
@@ -258,6 +261,11 @@ def _check_id(ident: Any) -> None:
 def valid_tab_id(value: Any) -> bool:
     """Whether a client-supplied tab id is acceptable."""
     return isinstance(value, str) and _TAB_ID.fullmatch(value) is not None
+
+
+def valid_room_name(value: Any) -> bool:
+    """Whether a presence room name is acceptable: 1 to 80 of ``A-Za-z0-9_.-``."""
+    return isinstance(value, str) and ROOM_NAME.fullmatch(value) is not None
 
 
 def hello(session: str, tab: str, interval_ms: int | None, timeout_ms: int | None,

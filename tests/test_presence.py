@@ -243,13 +243,27 @@ async def test_rooms_api_and_sync_twins(clock):
     await b.disconnect(code=1000)
 
 
-async def test_bad_room_name_is_refused(clock):
+# A trailing newline once passed (re.match with "$"), and the reaper splits "room\nsession".
+BAD_ROOMS = ["no spaces allowed", "lobby\n", "\nlobby", "lob\nby", "", "x" * 81, "sp ce"]
+
+
+@pytest.mark.parametrize("room", BAD_ROOMS)
+async def test_bad_room_name_is_refused(clock, room):
     communicator = WebsocketCommunicator(RoomConsumer.as_asgi(), "/ws/rooms/x/")
-    communicator.scope["url_route"] = {"kwargs": {"room": "no spaces allowed"}}
+    communicator.scope["url_route"] = {"kwargs": {"room": room}}
     await communicator.connect()
     assert (await communicator.receive_json_from())["type"] == "hello"
     with pytest.raises(ValueError, match="Presence room names"):
         await communicator.receive_output()
+    assert await presence.arooms() == {}
+
+
+def test_room_names_match_whole():
+    from heartbeat_app import protocol
+
+    assert protocol.valid_room_name("lobby") and protocol.valid_room_name("a.b-c_" + "x" * 74)
+    assert not any(protocol.valid_room_name(room) for room in BAD_ROOMS)
+    assert not protocol.valid_room_name(7)
 
 
 class _LateStore(MemoryStore):
