@@ -5,8 +5,9 @@ it is offered works on thousands at a time, finishes each after the server's own
 handshake timeout (Daphne's is 5 s) and completes none: congestion collapse. The
 gate below admits what the process can finish, and answers everyone else at once,
 cheaply, with when to come back: the connection is accepted, gets a ``close``
-notice with ``retry_after_ms`` and is closed with 1013 (4001 while the server
-drains). The hints are paced: each refused client is given the next free slot at
+notice with ``retry_after_ms`` and is closed with 4013 (4001 while the server
+drains). Not 1013: Daphne cannot send it (autobahn allows only 1000 and
+3000-4999), and one code everywhere is simpler for clients. The hints are paced: each refused client is given the next free slot at
 the rate the process measurably completes handshakes, so they come back no
 faster than it can take them. Nothing refused reaches the rest of the ASGI
 stack: no session or auth middleware, no channel layer, no store, no database.
@@ -149,7 +150,7 @@ class AdmissionMiddleware:
         message = await receive()
         if message.get("type") != "websocket.connect":
             return
-        code = CloseCode.DRAINING if why == "draining" else CloseCode.TRY_AGAIN_LATER
+        code = CloseCode.DRAINING if why == "draining" else CloseCode.SERVER_BUSY
         text = "server restarting" if why == "draining" else "server busy, try again later"
         retry = gate.retry_after_ms(why)
         logger.debug("handshake refused (%s): come back in %d ms", why, retry)

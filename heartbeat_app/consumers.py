@@ -372,12 +372,10 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
 
     async def _heartbeat_signal(self, signal, **kwargs) -> None:
         for receiver, result in await signal.asend_robust(
-            sender=type(self), consumer=self, **kwargs
-        ):
+                sender=type(self), consumer=self, **kwargs):
             if isinstance(result, Exception):
-                logger.error(
-                    "receiver %r of a heartbeat signal raised", receiver, exc_info=result
-                )
+                logger.error("receiver %r of a heartbeat signal raised", receiver,
+                             exc_info=result)
 
     # Channel-layer events (the admin's actions, across processes) -----------
 
@@ -396,8 +394,6 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         session = self.heartbeat_session
         if session is None or session.closed:
             return
-        session.probes_sent += 1
-        session.probe_id = f"s{session.probes_sent}"
-        session.probe_sent_raw = self._heartbeat_runtime.clock.monotonic()
-        await self._heartbeat_send_probe(session.probe_id)
+        await self._heartbeat_send_probe(
+            session.next_probe(self._heartbeat_runtime.clock.monotonic()))
         logger.info("heartbeat session %s probed on request", session.id)

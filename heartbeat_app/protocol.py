@@ -94,6 +94,9 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013
     SERVER_CLOSE = 4000
     DRAINING = 4001
+    # 1013 cannot be sent by Daphne (autobahn refuses close codes outside 1000 and
+    # 3000-4999), so a busy server says "try again later" with this one everywhere.
+    SERVER_BUSY = 4013
     PROTOCOL_ERROR = 4400
     UNAUTHENTICATED = 4401
     FORBIDDEN = 4403
@@ -121,6 +124,7 @@ _DESCRIPTIONS = {
     CloseCode.TRY_AGAIN_LATER: "try again later",
     CloseCode.SERVER_CLOSE: "closed by the server",
     CloseCode.DRAINING: "server draining or restarting",
+    CloseCode.SERVER_BUSY: "server busy: try again later",
     CloseCode.PROTOCOL_ERROR: "protocol error",
     CloseCode.UNAUTHENTICATED: "not authenticated",
     CloseCode.FORBIDDEN: "not allowed",

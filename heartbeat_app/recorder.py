@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import connection, transaction
@@ -27,12 +28,8 @@ from .state import SessionState
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FIELDS = [
-    "last_seen_at", "stale_after", "zombie_after", "rtt_ms", "rtt_avg_ms", "visible",
-    "frames_in", "probes_sent", "last_probe_at", "rooms",
-]
-CLOSE_FIELDS = CHECKPOINT_FIELDS + ["closed_at", "close_code", "close_reason",
-                                    "zombie_detected_at"]
+# A session's row as column values, made on the event loop without a model instance.
+Row = dict[str, Any]
 BATCH = 500
 # Closes kept while the database is down; beyond this the oldest are dropped.
 MAX_PENDING = 100_000
@@ -54,8 +51,8 @@ class Recorder(Service):
     def __init__(self, runtime: Runtime):
         super().__init__(runtime)
         self.local: dict[str, SessionState] = {}
-        self.opens: dict[str, Session] = {}
-        self.closes: dict[str, Session] = {}
+        self.opens: dict[str, Row] = {}
+        self.closes: dict[str, Row] = {}
         self.last_checkpoint = 0.0
         self.failing = False
         self._written: set[str] = set()
@@ -71,10 +68,9 @@ class Recorder(Service):
         """Queue the end of a session's row."""
         known = self.local.pop(state.id, None) is not None
         row = self._row(state, live=known)
-        row.closed_at = _dt(self.clock.wall())
-        row.close_code = state.close_code
-        row.close_reason = state.close_reason
-        row.zombie_detected_at = _dt(state.zombie_wall)
+        row.update(closed_at=_dt(self.clock.wall()), close_code=state.close_code,
+                   close_reason=str(state.close_reason),
+                   zombie_detected_at=_dt(state.zombie_wall))
         self.closes[state.id] = row
         if len(self.closes) > MAX_PENDING:
             self.closes.pop(next(iter(self.closes)))
@@ -82,37 +78,42 @@ class Recorder(Service):
 
     # Rows ---------------------------------------------------------------------
 
-    def _row(self, state: SessionState, live: bool = True) -> Session:
+    def _row(self, state: SessionState, live: bool = True) -> Row:
+        """A session's row as plain values: no model instance on the event loop."""
         now = self.clock.wall()
         scheduler = self.runtime.service(Scheduler)
         silence = max(0.0, scheduler.now() - state.last_heard) if live else 0.0
         seen = now - silence
         grace = zombie_grace(state.interval, state.timeout)
-        return Session(
-            id=state.id,
-            user_id=state.user_id,
-            user_key=state.user_key,
-            rooms=" ".join(state.rooms),
-            tab=state.tab,
-            instance_id=instance_id(),
-            channel_name=state.channel,
-            path=state.path[:300],
-            client_addr=state.client,
-            user_agent=state.user_agent,
-            opened_at=_dt(state.opened_at),
-            last_seen_at=_dt(seen),
-            stale_after=None if state.interval is None else _dt(
+        return {
+            "id": state.id,
+            "user_id": state.user_id,
+            "user_key": state.user_key,
+            "rooms": " ".join(state.rooms),
+            "tab": state.tab,
+            "instance_id": instance_id(),
+            "channel_name": state.channel,
+            "path": state.path[:300],
+            "client_addr": state.client,
+            "user_agent": state.user_agent,
+            "opened_at": _dt(state.opened_at),
+            "last_seen_at": _dt(seen),
+            "stale_after": None if state.interval is None else _dt(
                 seen + state.interval + state.phase),
-            zombie_after=None if grace is None else _dt(seen + grace),
-            interval=state.interval,
-            timeout=state.timeout,
-            rtt_ms=_ms(state.rtt),
-            rtt_avg_ms=_ms(state.rtt_avg),
-            visible=state.visible,
-            frames_in=state.frames_in,
-            probes_sent=state.probes_sent,
-            last_probe_at=_dt(state.last_probe_wall),
-        )
+            "zombie_after": None if grace is None else _dt(seen + grace),
+            "interval": state.interval,
+            "timeout": state.timeout,
+            "rtt_ms": _ms(state.rtt),
+            "rtt_avg_ms": _ms(state.rtt_avg),
+            "visible": state.visible,
+            "frames_in": state.frames_in,
+            "probes_sent": state.probes_sent,
+            "last_probe_at": _dt(state.last_probe_wall),
+            "zombie_detected_at": None,
+            "closed_at": None,
+            "close_code": None,
+            "close_reason": "",
+        }
 
     # The tick -------------------------------------------------------------------
 
@@ -164,12 +165,16 @@ class Recorder(Service):
             self.last_checkpoint = now
 
 
-def write(opens: list[Session], updates: list[Session], closes: list[Session],
-          session_count: int, now: datetime, stopped: bool = False) -> None:
-    """One transaction: beat the instance, create, checkpoint and close rows in bulk.
+def write(opens: list, updates: list, closes: list, session_count: int, now: datetime,
+          stopped: bool = False) -> None:
+    """One transaction: beat the instance, then every row of the tick in one statement.
 
-    The number of queries depends on the batches, not on the number of sessions.
-    ``stopped``: the process is stopping; its instance row says so.
+    Rows are dicts of column values (``Session`` instances are taken too). New
+    rows, checkpoints and closes are all one upsert, so the number of queries
+    does not depend on the number of sessions, and a row that another process
+    closed while its session still beats (a clock or network hiccup) is reopened
+    by the next checkpoint. ``stopped``: the process is stopping; its instance
+    row says so.
     """
     stopped_at = now if stopped else None
     with transaction.atomic():
@@ -179,59 +184,61 @@ def write(opens: list[Session], updates: list[Session], closes: list[Session],
             ServerInstance.objects.create(
                 id=instance_id(), host=host(), pid=os.getpid(), started_at=_dt(started_at()),
                 last_beat=now, session_count=session_count, stopped_at=stopped_at)
-        if opens:
-            Session.objects.bulk_create(opens, batch_size=BATCH, ignore_conflicts=True)
-        if updates:
-            checkpoint(updates)
-        if closes:
-            # A close may come before its open was ever written (a database outage).
-            Session.objects.bulk_create(closes, batch_size=BATCH, ignore_conflicts=True)
-            Session.objects.bulk_update(closes, CLOSE_FIELDS, batch_size=BATCH)
+        rows = [_as_row(row) for row in (*opens, *updates, *closes)]
+        if rows:
+            upsert(rows)
         reconcile(now)
 
 
-# Checkpoint columns and their SQL types, for the one-statement update below.
-_COLUMNS = {
-    "last_seen_at": "timestamptz", "stale_after": "timestamptz", "zombie_after": "timestamptz",
-    "rtt_ms": "double precision", "rtt_avg_ms": "double precision", "visible": "boolean",
-    "frames_in": "integer", "probes_sent": "integer", "last_probe_at": "timestamptz",
-    "rooms": "text",
-}
+def _as_row(row) -> Row:
+    if isinstance(row, Session):
+        return {field.attname: getattr(row, field.attname) for field in _fields()}
+    return row
 
 
-def checkpoint(rows: list[Session]) -> None:
-    """Update the checkpoint columns of many rows in ONE statement.
+def _fields():
+    return Session._meta.concrete_fields
 
-    Django's bulk_update needs a query per ~47 rows on SQLite (999 parameters),
-    so its cost grows with the sessions; here the rows travel as one JSON
-    parameter that the database unpacks (json_each on SQLite, jsonb_to_recordset
-    on PostgreSQL). Other databases fall back to bulk_update.
+
+def upsert(rows: list[Row]) -> None:
+    """Insert or update many session rows in ONE statement.
+
+    Django's bulk_update builds a CASE WHEN per row and field and needs a query per
+    ~47 rows on SQLite (999 parameters); here the rows travel as one JSON parameter
+    that the database unpacks (json_each on SQLite, jsonb_to_recordset on
+    PostgreSQL). Other databases fall back to the ORM.
     """
     vendor = connection.vendor
     if vendor not in ("sqlite", "postgresql"):
-        Session.objects.bulk_update(rows, CHECKPOINT_FIELDS, batch_size=BATCH)
+        objects = [Session(**row) for row in rows]
+        Session.objects.bulk_create(objects, batch_size=BATCH, ignore_conflicts=True)
+        Session.objects.bulk_update(objects, [f.attname for f in _fields() if not f.primary_key],
+                                    batch_size=BATCH)
         return
     ops = connection.ops
+    fields = _fields()
+    datetimes = {f.attname for f in fields if f.get_internal_type() == "DateTimeField"}
     payload = []
     for row in rows:
-        item = {"id": row.id}
-        for name, kind in _COLUMNS.items():
-            value = getattr(row, name)
-            if kind == "timestamptz" and value is not None:
-                value = str(ops.adapt_datetimefield_value(value))
-            item[name] = value
+        item = dict(row)
+        for name in datetimes:
+            if item.get(name) is not None:
+                item[name] = str(ops.adapt_datetimefield_value(item[name]))
         payload.append(item)
-    table = connection.ops.quote_name(Session._meta.db_table)
-    sets = ", ".join(f"{connection.ops.quote_name(n)} = j.{n}" for n in _COLUMNS)
+    quote = ops.quote_name
+    table = quote(Session._meta.db_table)
+    names = [f.attname for f in fields]
+    columns = ", ".join(quote(n) for n in names)
+    updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names if n != "id")
     if vendor == "postgresql":
-        columns = ", ".join(f"{n} {t}" for n, t in [("id", "text"), *_COLUMNS.items()])
-        sql = (f"UPDATE {table} SET {sets} FROM jsonb_to_recordset(%s::jsonb) "
-               f"AS j({columns}) WHERE {table}.id = j.id")
+        types = ", ".join(f"{quote(f.attname)} {f.db_type(connection)}" for f in fields)
+        select = (f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS j({types})")
     else:
-        picks = ", ".join(f"json_extract(value, '$.{n}') AS {n}"
-                          for n in ["id", *_COLUMNS])
-        sql = (f"UPDATE {table} SET {sets} FROM (SELECT {picks} FROM json_each(%s)) AS j "
-               f"WHERE {table}.id = j.id")
+        picks = ", ".join(f"json_extract(value, '$.{n}')" for n in names)
+        # "WHERE true" keeps SQLite from reading ON CONFLICT as a join constraint.
+        select = f"SELECT {picks} FROM json_each(%s) WHERE true"
+    sql = (f"INSERT INTO {table} ({columns}) {select} "
+           f"ON CONFLICT ({quote('id')}) DO UPDATE SET {updates}")
     with connection.cursor() as cursor:
         cursor.execute(sql, [json.dumps(payload)])
 

@@ -145,10 +145,8 @@ class Scheduler(Service):
                 return session.probe_sent_at + interval
         elif silence < interval + session.phase:
             return session.last_heard + interval + session.phase
-        session.probes_sent += 1
-        session.probe_id = f"s{session.probes_sent}"
+        session.next_probe(self._monotonic())
         session.probe_sent_at = now
-        session.probe_sent_raw = self._monotonic()
         probes.append(session)
         if timeout is None:
             return now + interval

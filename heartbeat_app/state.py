@@ -83,6 +83,13 @@ class SessionState:
         # decision was read after it, so it answers the probe.
         return self.probe_sent_at is not None and self.probe_sent_at > self.last_heard
 
+    def next_probe(self, monotonic: float) -> str:
+        """Number a new probe sent at ``monotonic`` (for its round trip); return its id."""
+        self.probes_sent += 1
+        self.probe_id = f"s{self.probes_sent}"
+        self.probe_sent_raw = monotonic
+        return self.probe_id
+
     def record_rtt(self, seconds: float) -> None:
         """Record one measured round trip."""
         self.rtt = seconds

@@ -26,8 +26,9 @@ from channels.layers import get_channel_layer
 
 from . import conf, protocol
 from .instance import instance_id, started_at
-from .layers import discard_channels, group_name
+from .layers import group_name
 from .protocol import LeaveReason
+from .reaper import Reaper
 from .runtime import Runtime, Service, get_runtime
 from .signals import member_joined, member_left
 from .state import SessionState
@@ -74,9 +75,11 @@ class Tracker(Service):
         self.unsynced_joins: set[str] = set()
         self.degraded = False
         self.rebuild_needed = False
-        self.last_reap = 0.0
+        self.reaper = Reaper(self.store, self.instance, call=self._call, queue=self._queue)
         self.last_broadcast = 0.0
         self.broadcast_backoff = 1
+        self._joining: list[tuple[_Local, asyncio.Future]] = []
+        self._join_task: asyncio.Task | None = None
         self.metrics.rooms.set_function(
             lambda: len({room for local in self.local.values() for room in local.metas}))
 
@@ -131,23 +134,70 @@ class Tracker(Service):
 
     async def join(self, state: SessionState, rooms: list[str], extra: dict[str, Any], *,
                    layer, send: Send) -> None:
-        """Join a session to its rooms and send it each room's presence_state."""
+        """Join a session to its rooms; returns once its presence_state went out.
+
+        Joins queue up and one task sends them all to the store in one round
+        trip, reads each room once for all its joiners and sends their states.
+        Under a storm the batches grow by themselves (every handshake of a loop
+        iteration lands in the same one), and no handshake holds a pool
+        connection of its own. The handshake itself is over by then (accept went
+        first); only the rest of the consumer's connect() waits.
+        """
         metas = {room: self._meta(state, extra) for room in rooms}
         local = self.local[state.id] = _Local(send, layer, state, metas)
         local.refreshed = self.clock.monotonic()
         self.ensure_running()
-        for room in rooms:
-            await layer.group_add(group_name(room), state.channel)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._joining.append((local, done))
+        if self._join_task is None or self._join_task.done():
+            self._join_task = loop.create_task(self._join_batches())
+        await done
+
+    async def _join_batches(self) -> None:
+        await asyncio.sleep(0)  # the joins of this loop iteration come along
+        while self._joining:
+            batch, self._joining = self._joining, []
             try:
-                self._queue(await self._call("join", self.store.join(
-                    room, metas[room], self.ttl_ms())))
-                members = await self._call("members", self.store.members(room))
-            except StoreUnavailable:
-                # Joined (and sent its state) at a later tick, or by the rebuild
-                # when the store comes back from an outage.
-                self.unsynced_joins.add(state.id)
+                await self._join_batch([local for local, _ in batch])
+            except Exception:
+                logger.exception("a presence join batch failed")
+            finally:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _join_batch(self, batch: list[_Local]) -> None:
+        live = [local for local in batch if self._still_joining(local)]
+        for local in live:
+            for room in local.metas:
+                await local.layer.group_add(group_name(room), local.state.channel)
+        entries = [(room, meta) for local in live if self._still_joining(local)
+                   for room, meta in local.metas.items()]
+        try:
+            self._queue(await self._call("join", self.store.join_many(entries, self.ttl_ms())))
+            rooms = {room for room, _ in entries}
+            members = {room: await self._call("members", self.store.members(room))
+                       for room in sorted(rooms)}
+        except StoreUnavailable:
+            # Joined (and sent their state) at a later tick, or by the rebuild
+            # when the store comes back from an outage.
+            self.unsynced_joins.update(local.state.id for local in live)
+            return
+        for local in live:
+            if not self._still_joining(local):
+                # It ended while its join was on the way: the leave found nothing to
+                # remove, so undo the join now that it has landed.
+                for room in local.metas:
+                    self._queue(await self._call("leave", self.store.leave(
+                        room, local.state.id, local.reason)))
                 continue
-            await send(protocol.presence_state(room, protocol.public_members(members)))
+            for room in local.metas:
+                await local.send(protocol.presence_state(
+                    room, protocol.public_members(members[room])))
+
+    def _still_joining(self, local: _Local) -> bool:
+        return local.leave_at is None and self.local.get(local.state.id) is local
 
     def _meta(self, state: SessionState, extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "session": state.id, "key": state.user_key, "tab": state.tab,
@@ -191,7 +241,7 @@ class Tracker(Service):
             await self._flush_joins()
             await self._flush_updates()
             await self._flush_leaves(now)
-            await self._maybe_reap(now)
+            await self.reaper.maybe_reap(now)
         except StoreUnavailable:
             pass
         await self._broadcast(now)
@@ -270,29 +320,6 @@ class Tracker(Service):
                     room, local.state.id, local.reason)))
             except StoreUnavailable:
                 self.unsynced_leaves.append((room, local.state.id, local.reason))
-
-    async def _maybe_reap(self, now: float) -> None:
-        if now - self.last_reap < conf.get("PRESENCE_REAP_INTERVAL"):
-            return
-        self.last_reap = now
-        # A reaper that dies hands over within the instance TTL at the latest.
-        lease_ms = min(int(conf.get("PRESENCE_REAP_INTERVAL") * 3000), self.instance_ttl_ms())
-        if not await self._call("lease", self.store.acquire_lease(
-                "reaper", self.instance, lease_ms)):
-            return
-        result = await self._call("reap", self.store.reap(self.instance_ttl_ms()))
-        self._queue(result.changes)
-        layer = get_channel_layer()
-        for change in result.changes:
-            channel = change.meta.get("channel")
-            if channel:
-                await layer.group_discard(group_name(change.room), channel)
-        for lost in result.lost_instances:
-            logger.warning("server instance %s is lost: %d presence entries reaped",
-                           lost["id"], sum(1 for c in result.changes
-                                           if c.meta.get("instance") == lost["id"]))
-            if lost.get("channel_prefix"):
-                await discard_channels(layer, lost["channel_prefix"])
 
     # Diffs -------------------------------------------------------------------
 

@@ -53,8 +53,8 @@ async def test_over_the_cap_a_client_is_refused_with_a_hint_and_never_reaches_th
     assert reached == ["a", "b"]  # nothing refused got past the gate
     hints = []
     for notice, closed in answers:
-        assert notice["type"] == "close" and notice["code"] == 1013
-        assert closed["code"] == 1013
+        assert notice["type"] == "close" and notice["code"] == 4013
+        assert closed["code"] == 4013
         assert f"retry_after_ms={notice['retry_after_ms']}" in closed["reason"]
         hints.append(notice["retry_after_ms"])
     # Paced: every later client is told to come back later than the one before.

@@ -65,6 +65,7 @@ def test_close_codes_have_their_documented_values():
         "TRY_AGAIN_LATER": 1013,
         "SERVER_CLOSE": 4000,
         "DRAINING": 4001,
+        "SERVER_BUSY": 4013,
         "PROTOCOL_ERROR": 4400,
         "UNAUTHENTICATED": 4401,
         "FORBIDDEN": 4403,
@@ -79,7 +80,7 @@ def test_terminal_codes_are_not_reconnected(code):
     assert should_reconnect(code) is False
 
 
-@pytest.mark.parametrize("code", [1000, 1001, 1006, 1011, 1012, 1013, 4000, 4001, 4408, 4429])
+@pytest.mark.parametrize("code", [1000, 1001, 1006, 1011, 1012, 1013, 4000, 4001, 4013, 4408, 4429])
 def test_other_known_codes_are_reconnected(code):
     assert CloseCode(code).reconnect is True
     assert should_reconnect(code) is True

@@ -272,3 +272,23 @@ async def test_redis_store_through_sentinel(sentinel, settings):
         assert list(await store.members("lobby", T0)) == ["1"]
     finally:
         await store.close()
+
+
+async def test_join_many_is_join_for_each_pair(store):
+    """A batch of joins: the same changes, in order, as one join() after another."""
+    await store.join("lobby", meta("old", key="1", tab="t1"), TTL, T0)
+    changes = await store.join_many([
+        ("lobby", meta("s2", key="2")),
+        ("lobby", meta("s3", key="2")),  # the member's second tab: no member join
+        ("hall", meta("s4", key="1")),
+        ("lobby", meta("new", key="1", tab="t1")),  # the same tab again: replaces "old"
+    ], TTL, T0)
+    assert summary(changes) == [
+        (True, "2", "s2", "", True),
+        (True, "2", "s3", "", False),
+        (True, "1", "s4", "", True),
+        (False, "1", "old", REPLACED, False),
+        (True, "1", "new", "", False),
+    ]
+    assert sorted(await store.members("lobby", T0)) == ["1", "2"]
+    assert await store.join_many([], TTL, T0) == []

@@ -61,6 +61,14 @@ class BaseStore:
         """Add a session's meta to a room. A live meta of the same member and tab is replaced."""
         raise NotImplementedError
 
+    async def join_many(self, entries: list[tuple[str, dict[str, Any]]], ttl_ms: int,
+                        now_ms: int | None = None) -> list[Change]:
+        """``join()`` for many (room, meta) pairs, in one round trip where the store can."""
+        changes: list[Change] = []
+        for room, meta in entries:
+            changes += await self.join(room, meta, ttl_ms, now_ms)
+        return changes
+
     async def leave(self, room: str, session: str, reason: str,
                     now_ms: int | None = None) -> list[Change]:
         """Remove a session's meta; nothing if it is already gone."""

@@ -288,6 +288,25 @@ class RedisStore(BaseStore):
                                          self._now_arg(now_ms), "0"])
         return self._join_changes(room, reply)
 
+    async def join_many(self, entries, ttl_ms, now_ms=None):
+        if not entries:
+            return []
+        client, scripts = self._client()
+        try:
+            # One pipeline of script calls: one round trip, one pool connection.
+            async with client.pipeline(transaction=False) as pipe:
+                for room, meta in entries:
+                    await scripts["join"](keys=[], args=[
+                        self.prefix, room, json.dumps(meta), int(ttl_ms),
+                        self._now_arg(now_ms), "0"], client=pipe)
+                replies = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        changes = []
+        for (room, _), reply in zip(entries, replies, strict=True):
+            changes += self._join_changes(room, reply)
+        return changes
+
     async def update(self, room, meta, ttl_ms, now_ms=None):
         reply = await self._run("join", [room, json.dumps(meta), int(ttl_ms),
                                          self._now_arg(now_ms), "1"])
