@@ -100,6 +100,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
             hint="For example (20000, 10, 10); see docs/deployment.md.",
             id="heartbeat_app.E008",
         ))
+    errors += _check_restarts()
     if interval is not None and conf.get("HEARTBEAT_TIMEOUT") is None:
         errors.append(Warning(
             "HEARTBEAT_TIMEOUT is None: silent connections are probed but never closed, "
@@ -129,6 +130,42 @@ def check_settings(app_configs=None, **kwargs) -> list:
             hint=f"Set HEARTBEAT_INTERVAL to at most {0.75 * proxy:g} s, or raise the "
                  "proxy's idle timeout.",
             id="heartbeat_app.W004",
+        ))
+    return errors
+
+
+def _is_count(value: Any, *, allow_none: bool, minimum: int = 1) -> bool:
+    if value is None:
+        return allow_none
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_restarts() -> list:
+    """The admission gate's and the drain's settings."""
+    errors = []
+    cap = conf.get("HEARTBEAT_MAX_HANDSHAKES")
+    rate = conf.get("HEARTBEAT_CONNECT_RATE")
+    if not _is_count(cap, allow_none=True) or not _is_seconds(rate, allow_none=True):
+        errors.append(Error(
+            "HEARTBEAT_MAX_HANDSHAKES must be a positive integer or None, and "
+            f"HEARTBEAT_CONNECT_RATE a positive number or None (got {cap!r} and {rate!r}).",
+            hint="The defaults are 128 handshakes in flight and no rate limit.",
+            id="heartbeat_app.E012",
+        ))
+    retry = conf.get("HEARTBEAT_RETRY_MIN_MS")
+    spread = conf.get("HEARTBEAT_DRAIN_SPREAD")
+    timeout = conf.get("HEARTBEAT_DRAIN_TIMEOUT")
+    on_sigterm = conf.get("HEARTBEAT_DRAIN_ON_SIGTERM")
+    if not (_is_count(retry, allow_none=False, minimum=0)
+            and (spread == 0 or _is_seconds(spread, allow_none=True))
+            and _is_seconds(timeout, allow_none=False) and isinstance(on_sigterm, bool)):
+        errors.append(Error(
+            "HEARTBEAT_RETRY_MIN_MS must be a non-negative integer, HEARTBEAT_DRAIN_SPREAD "
+            "non-negative seconds or None, HEARTBEAT_DRAIN_TIMEOUT positive seconds and "
+            f"HEARTBEAT_DRAIN_ON_SIGTERM a boolean (got {retry!r}, {spread!r}, {timeout!r}, "
+            f"{on_sigterm!r}).",
+            hint="The defaults are 500, 5.0, 20.0 and True; see docs/deployment.md.",
+            id="heartbeat_app.E013",
         ))
     return errors
 

@@ -21,6 +21,11 @@ def _env_seconds(name: str, default: float | None) -> float | None:
     return float(value)
 
 
+def _env_count(name: str, default: int | None) -> int | None:
+    value = _env_seconds(name, default)
+    return None if value is None else int(value)
+
+
 def _env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
@@ -114,9 +119,9 @@ PRESENCE_LEAVE_GRACE = _env_seconds("PRESENCE_LEAVE_GRACE", 5.0)
 PRESENCE_BROADCAST_INTERVAL = _env_seconds("PRESENCE_BROADCAST_INTERVAL", None)
 PRESENCE_KEY_PREFIX = os.environ.get("PRESENCE_KEY_PREFIX", "heartbeat")
 # Restarts and deploys: the handshake gate and the drain on SIGTERM.
-HEARTBEAT_MAX_HANDSHAKES = _env_seconds("HEARTBEAT_MAX_HANDSHAKES", 128)
+HEARTBEAT_MAX_HANDSHAKES = _env_count("HEARTBEAT_MAX_HANDSHAKES", 128)
 HEARTBEAT_CONNECT_RATE = _env_seconds("HEARTBEAT_CONNECT_RATE", None)
-HEARTBEAT_RETRY_MIN_MS = int(_env_seconds("HEARTBEAT_RETRY_MIN_MS", 500))
+HEARTBEAT_RETRY_MIN_MS = _env_count("HEARTBEAT_RETRY_MIN_MS", 500)
 HEARTBEAT_DRAIN_SPREAD = _env_seconds("HEARTBEAT_DRAIN_SPREAD", 5.0)
 HEARTBEAT_DRAIN_TIMEOUT = _env_seconds("HEARTBEAT_DRAIN_TIMEOUT", 20.0)
 

@@ -278,3 +278,24 @@ def test_bad_gc_threshold_is_e008(value):
 @pytest.mark.parametrize("value", [None, (20000, 10, 10), [700]])
 def test_good_gc_threshold_passes(value):
     assert "E008" not in settings_ids(HEARTBEAT_GC_THRESHOLD=value)
+
+
+@pytest.mark.parametrize("name, value, check_id", [
+    ("HEARTBEAT_MAX_HANDSHAKES", 0, "heartbeat_app.E012"),
+    ("HEARTBEAT_MAX_HANDSHAKES", 12.5, "heartbeat_app.E012"),
+    ("HEARTBEAT_CONNECT_RATE", -1, "heartbeat_app.E012"),
+    ("HEARTBEAT_RETRY_MIN_MS", -5, "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_SPREAD", "5", "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_TIMEOUT", 0, "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_ON_SIGTERM", "yes", "heartbeat_app.E013"),
+])
+def test_bad_admission_and_drain_settings_are_errors(settings, name, value, check_id):
+    setattr(settings, name, value)
+    assert check_id in {e.id for e in check_settings()}
+
+
+def test_default_admission_and_drain_settings_pass(settings):
+    settings.HEARTBEAT_DRAIN_SPREAD = 0  # no spread at all is allowed
+    settings.HEARTBEAT_MAX_HANDSHAKES = None
+    ids = {e.id for e in check_settings()}
+    assert not ids & {"heartbeat_app.E012", "heartbeat_app.E013"}
