@@ -7,8 +7,9 @@ gate below admits what the process can finish, and answers everyone else at once
 cheaply, with when to come back: the connection is accepted, gets a ``close``
 notice with ``retry_after_ms`` and is closed with 4013 (4001 while the server
 drains). Not 1013: Daphne cannot send it (autobahn allows only 1000 and
-3000-4999), and one code everywhere is simpler for clients. The hints are paced: each refused client is given the next free slot at
-the rate the process measurably completes handshakes, so they come back no
+3000-4999), and one code everywhere is simpler for clients. The hints are
+paced: each refused client is given the next free slot at the rate the
+process measurably completes handshakes, so they come back no
 faster than it can take them. Nothing refused reaches the rest of the ASGI
 stack: no session or auth middleware, no channel layer, no store, no database.
 

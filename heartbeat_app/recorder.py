@@ -9,6 +9,7 @@ is down, everything stays queued and catches up when it is back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 # A session's row as column values, made on the event loop without a model instance.
 Row = dict[str, Any]
 BATCH = 500
+# Checkpoint rows built before the recorder yields to the event loop once.
+ROW_BATCH = 500
 # Closes kept while the database is down; beyond this the oldest are dropped.
 MAX_PENDING = 100_000
 
@@ -138,8 +141,15 @@ class Recorder(Service):
             return
         for sid in new:
             self.opens[sid] = self._row(self.local[sid])
-        updates = [self._row(state) for sid, state in self.local.items()
-                   if checkpoint and sid not in self.opens]
+        updates = []
+        if checkpoint:
+            due = [state for sid, state in self.local.items() if sid not in self.opens]
+            for count, state in enumerate(due, 1):
+                updates.append(self._row(state))
+                if count % ROW_BATCH == 0:
+                    # Rows of thousands of sessions are built in slices, so other
+                    # traffic is served in between.
+                    await asyncio.sleep(0)
         opens, closes = dict(self.opens), dict(self.closes)
         try:
             await database_sync_to_async(write)(

@@ -81,7 +81,7 @@ class Runtime:
 
 
 class Service:
-    """A background service of a runtime: ``step()`` once a tick while ``running()``."""
+    """A background service of a runtime: ``step()`` every ``period()`` while ``running()``."""
 
     name = "service"
 
@@ -96,6 +96,10 @@ class Service:
         """Whether the background task should keep ticking (by default, for ever)."""
         return True
 
+    def period(self) -> float:
+        """Seconds between two steps (by default HEARTBEAT_TICK)."""
+        return conf.tick()
+
     def ensure_running(self) -> None:
         """Start the background task, unless it runs already or the runtime says not to."""
         if self._stopping or not self.runtime.starts(self.name):
@@ -109,7 +113,7 @@ class Service:
 
     async def _run(self) -> None:
         clock = self.clock
-        planned = clock.monotonic() + conf.tick()
+        planned = clock.monotonic() + self.period()
         while not self._stopping and self.running():
             delay = planned - clock.monotonic()
             if delay > 0:
@@ -119,7 +123,7 @@ class Service:
                 await self.step(planned)
             except Exception:
                 logger.exception("%s tick failed", type(self).__name__)
-            planned = clock.monotonic() + conf.tick()
+            planned = clock.monotonic() + self.period()
 
     async def stop(self) -> None:
         """End the background task, if any; the service starts no new one."""

@@ -29,6 +29,13 @@ logger = logging.getLogger(__name__)
 
 # Probes sent before the tick yields to the event loop once.
 PROBE_BATCH = 64
+# The scheduler steps this many times a tick, so the probes due in one tick go out
+# spread over it (by their phases), not in one burst that holds up other traffic.
+SLICES = 10
+MIN_SLICE = 0.01
+# Lateness of a step up to this is the timer's ordinary jitter, not a stall: with
+# ten steps a tick, crediting it all would push every zombie close later and later.
+STALL_TOLERANCE = 0.005
 
 
 class Scheduler(Service):
@@ -51,6 +58,9 @@ class Scheduler(Service):
 
     def running(self) -> bool:
         return bool(self.sessions)
+
+    def period(self) -> float:
+        return max(conf.tick() / SLICES, MIN_SLICE)
 
     def add(self, session: SessionState, phase_spread: float | None = None) -> None:
         """Start watching a session; its silence counts from now."""
@@ -80,9 +90,9 @@ class Scheduler(Service):
         session.last_heard = self._monotonic() - self.stalled
 
     def credit_stall(self, seconds: float) -> None:
-        """Credit time the loop could not run, so nobody is blamed for it."""
-        if seconds > 0:
-            self.stalled += seconds
+        """Credit time the loop could not run (past the timer's jitter), blaming nobody."""
+        if seconds > STALL_TOLERANCE:
+            self.stalled += seconds - STALL_TOLERANCE
 
     def next_due(self) -> float | None:
         """When the earliest check is due, on the scheduler's clock."""

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # Loop lag (seconds) above which presence broadcasts are spaced out.
 LAGGING = 0.1
 MAX_BROADCAST_BACKOFF = 16
+# Rooms broadcast before the tick yields to the event loop once.
+BROADCAST_BATCH = 64
 
 Send = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -367,7 +369,9 @@ class Tracker(Service):
         self.last_broadcast = now
         diffs, self.diffs = self.diffs, {}
         layer = get_channel_layer()
-        for room, diff in diffs.items():
+        for count, (room, diff) in enumerate(diffs.items(), 1):
+            if count % BROADCAST_BATCH == 0:
+                await asyncio.sleep(0)  # many rooms: let other traffic in between
             # Filtered once per room here, not once per recipient.
             message = protocol.presence_diff(room, protocol.public_members(diff["joins"]),
                                              protocol.public_members(diff["leaves"]))
