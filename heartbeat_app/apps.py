@@ -1,3 +1,5 @@
+import importlib.util
+
 from django.apps import AppConfig
 
 
@@ -10,3 +12,8 @@ class HeartbeatAppConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+
+        if importlib.util.find_spec("prometheus_client") is not None:
+            from . import prometheus
+
+            prometheus.install()  # with several workers: each one's metrics mirror
