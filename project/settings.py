@@ -149,3 +149,6 @@ LOGGING = {
         },
     },
 }
+
+# /metrics: Prometheus on this host may scrape; nobody else (docs/metrics.md).
+HEARTBEAT_METRICS_ALLOWED_IPS = ["127.0.0.1", "::1"]
