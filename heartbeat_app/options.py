@@ -91,7 +91,9 @@ class HeartbeatOptions:
         return self.heartbeat_rate_limit
 
     def _heartbeat_query(self, name: str) -> str | None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        """A parameter of the connect URL: None when absent, "" when present and empty."""
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"),
+                         keep_blank_values=True)
         return query.get(name, [None])[0]
 
     def get_heartbeat_tab(self) -> str:
@@ -106,8 +108,9 @@ class HeartbeatOptions:
 
         Never taken from the URL: an anonymous visitor's key derives from its Django
         session when it has one; else it is the one carried by a token this server
-        signed (``?anon=``), else a new one, whose token goes to the client in
-        ``identity``. The tab id plays no part: anyone may send anyone's.
+        signed (``?anon=<token>``), else a new one. A client that sends ``anon`` (empty
+        until it has a token) is sent the token in ``identity``. The tab id plays no
+        part: anyone may send anyone's.
         """
         user = self.scope.get("user")
         if user is not None and getattr(user, "is_authenticated", False):
@@ -116,8 +119,10 @@ class HeartbeatOptions:
         if session_key:
             digest = salted_hmac(ANONYMOUS_SALT, session_key, algorithm="sha256")
             return f"anon:{digest.hexdigest()[:20]}"
-        ident = anonymous_id(self._heartbeat_query(ANONYMOUS_PARAM))
+        presented = self._heartbeat_query(ANONYMOUS_PARAM)
+        ident = anonymous_id(presented)
         if ident is None:
             ident = secrets.token_urlsafe(12)
-        self.heartbeat_anonymous_token = anonymous_token(ident)
+        if presented is not None:  # the client keeps tokens: it gets one
+            self.heartbeat_anonymous_token = anonymous_token(ident)
         return f"anon:{ident}"

@@ -21,8 +21,8 @@ PONG = "pong"
 PRESENCE_STATE = "presence_state"
 PRESENCE_DIFF = "presence_diff"
 ERROR = "error"
-# Sent to a session whose anonymous key rests on a token: the key, and the token to
-# present again (``?anon=``) so that a reload keeps the key.
+# Sent to a session whose anonymous key rests on a token, when its client asked for
+# one (``?anon=``, empty at first): the key, and the token that keeps it on a reload.
 IDENTITY = "identity"
 # Sent right before a server close that carries a hint: Daphne drops the close
 # reason on the floor (its serverClose() ignores it), so the hint travels in a

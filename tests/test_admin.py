@@ -53,10 +53,10 @@ async def open_session(tab, user=None):
         communicator.scope["user"] = user
     assert (await communicator.connect())[0]
     hello = await communicator.receive_json_from()
-    await communicator.receive_json_from()  # presence_state
-    if user is None:
-        # An anonymous session is told its server-issued key (docs/protocol.md#identity).
-        communicator.key = (await communicator.receive_json_from())["key"]
+    state = await communicator.receive_json_from()
+    # The member key of the session's own meta: an anonymous one is the server's.
+    communicator.key = next(key for key, member in state["members"].items()
+                            if any(m["session"] == hello["session"] for m in member["metas"]))
     return communicator, hello["session"]
 
 

@@ -33,7 +33,8 @@ class Recording(View):
 
     def __init__(self, server, tab, room="lobby", cookie=None):
         super().__init__(server, tab, room)
-        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}"  # no token: the server issues one
+        # No token yet: an empty "anon" asks the server for one, as the bundled client does.
+        self.url = f"{server.url}/ws/rooms/{room}/?tab={tab}&anon="
         self.cookie = cookie
         self.frames: list[dict] = []
 
@@ -89,7 +90,7 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
     # the other process; it has no token the server signed for that key.
     anon_id = victim.key.removeprefix("anon:")
     thief = Recording(b, "victim-tab")
-    thief.url += f"&anon={quote(anon_id)}"
+    thief.url = thief.url.removesuffix("&anon=") + f"&anon={quote(anon_id)}"
     await thief.open()
     assert await until(lambda: thief.key is not None, 5)
     assert thief.key not in (victim.key, watcher.key)
@@ -103,7 +104,7 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
     # The victim's own reload (its token, its tab) still replaces its meta without a blink.
     token = next(f["token"] for f in victim.frames if f["type"] == "identity")
     reload = Recording(a, "victim-tab")
-    reload.url += f"&anon={quote(token)}"
+    reload.url = reload.url.removesuffix("&anon=") + f"&anon={quote(token)}"
     await victim.ws.close(code=1001)
     await reload.open()
     assert await until(lambda: reload.key == victim.key, 5)

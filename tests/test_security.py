@@ -69,7 +69,9 @@ async def join(room="lobby", query="", **scope):
     state = await communicator.receive_json_from()
     assert state["type"] == "presence_state"
     identity = None
-    if not getattr(scope.get("user"), "is_authenticated", False) and "session" not in scope:
+    asked = "anon=" in query  # present, even empty: the client keeps a token
+    if asked and not getattr(scope.get("user"), "is_authenticated", False) and (
+            "session" not in scope):
         identity = await communicator.receive_json_from()
         assert identity["type"] == "identity"
     return SimpleNamespace(ws=communicator, hello=hello, state=state, identity=identity)
@@ -106,13 +108,15 @@ async def test_an_anonymous_key_is_never_taken_from_the_url(clock):
     keys = [key_of(one), key_of(two), key_of(forged)]
     assert len(set(keys)) == 3
     assert all(key.startswith("anon:") and "T" != key[5:] for key in keys)
-    assert [one.identity["key"], two.identity["key"], forged.identity["key"]] == keys
+    assert forged.identity["key"] == key_of(forged)  # a fresh key, and its token
+    # A client that does not ask for a token (no "anon" at all) is sent none.
+    assert "identity" not in await frame_types(one.ws)
     for joined in (one, two, forged):
         await joined.ws.disconnect(code=1000)
 
 
 async def test_a_token_the_server_issued_keeps_the_anonymous_key(clock):
-    first = await join(query="tab=A")
+    first = await join(query="tab=A&anon=")  # empty: no token yet, send one
     token = first.identity["token"]
     assert first.identity == {"type": "identity", "key": key_of(first), "token": token}
     await first.ws.disconnect(code=1000)
@@ -130,8 +134,8 @@ async def test_an_anonymous_key_from_the_django_session_does_not_show_the_sessio
     session = SessionStore()
     session["visited"] = True
     session.save()
-    one = await join(query="tab=a", session=SessionStore(session.session_key))
-    two = await join(query="tab=b", session=SessionStore(session.session_key))
+    one = await join(query="tab=a&anon=", session=SessionStore(session.session_key))
+    two = await join(query="tab=b&anon=", session=SessionStore(session.session_key))
     key = key_of(one)
     assert key == key_of(two), "one visitor, two tabs: one member"
     assert key.startswith("anon:") and session.session_key not in key
@@ -160,11 +164,11 @@ def test_the_hook_is_still_get_heartbeat_user_key():
 async def test_a_stolen_tab_id_replaces_nobody(clock):
     watcher = await join(query="tab=w", user=user(1))
     await next_diff(watcher.ws)
-    victim = await join(query="tab=victim-tab")
+    victim = await join(query="tab=victim-tab&anon=")
     diff = await next_diff(watcher.ws)
     victim_key = key_of(victim)
     assert list(diff["joins"]) == [victim_key]
-    thief = await join(query="tab=victim-tab")
+    thief = await join(query="tab=victim-tab&anon=")
     diff = await next_diff(watcher.ws)
     assert diff["leaves"] == {}, "the victim must not leave, nor be replaced"
     assert list(diff["joins"]) == [key_of(thief)] != [victim_key]

@@ -7,15 +7,16 @@ import { HeartbeatSocket, FakeClock, fakeStorage, fakeWebSocketClass, fakePage, 
 const { backoff, shouldReconnect, retryHint, DEFAULTS } = HeartbeatSocket;
 
 describe("connecting", () => {
-  test("a path becomes a ws:// URL on the page's host, with the tab id", () => {
+  test("a path becomes a ws:// URL on the page's host, with the tab id and an empty anon", () => {
     const { ws, sock } = setup();
     assert.match(sock.tab, /^[A-Za-z0-9_-]{16}$/);
-    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}`);
+    // An empty `anon` asks for a token: the client keeps one (docs/protocol.md#identity).
+    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}&anon=`);
   });
 
   test("an https page connects with wss://, and an existing query string is kept", () => {
     const { ws, sock } = setup({ url: "/ws/x/?a=1" }, { protocol: "https:" });
-    assert.equal(ws().url, `wss://example.test/ws/x/?a=1&tab=${sock.tab}`);
+    assert.equal(ws().url, `wss://example.test/ws/x/?a=1&tab=${sock.tab}&anon=`);
   });
 
   test("the tab id is kept in sessionStorage, so a reload reuses it", () => {
@@ -54,7 +55,7 @@ describe("connecting", () => {
     assert.equal(storage.data["heartbeat_app.tab"], "server-made_1");
     ws().serverClose(1012);
     clock.tick(1000);
-    assert.match(ws().url, /\?tab=server-made_1$/);
+    assert.match(ws().url, /\?tab=server-made_1&anon=$/);
   });
 
   test("a blocked sessionStorage is survived", () => {
@@ -64,15 +65,15 @@ describe("connecting", () => {
     assert.ok(ws());
   });
 
-  test("tab: false sends no tab id", () => {
-    const { ws } = setup({ tab: false });
-    assert.equal(ws().url, "ws://example.test/ws/rooms/lobby/");
+  test("tab: false sends no tab id; anonKey: null asks for no token", () => {
+    assert.equal(setup({ tab: false }).ws().url, "ws://example.test/ws/rooms/lobby/?anon=");
+    assert.equal(setup({ tab: false, anonKey: null }).ws().url, "ws://example.test/ws/rooms/lobby/");
   });
 
   test("the anonymous token of identity is kept in sessionStorage and presented on connect", () => {
     const storage = fakeStorage();
     const { sock, ws, open } = setup({ storage });
-    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}`);
+    assert.equal(ws().url, `ws://example.test/ws/rooms/lobby/?tab=${sock.tab}&anon=`);
     assert.equal(sock.memberKey, null);
     const w = open();
     w.serverSend({ type: "identity", key: "anon:Qx3", token: "Qx3:s1g/n+d" });

@@ -342,7 +342,8 @@
         u = (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + (u.charAt(0) === "/" ? "" : "/") + u;
       }
       if (this.tab) u += (u.indexOf("?") >= 0 ? "&" : "?") + "tab=" + encodeURIComponent(this.tab);
-      if (this._anon) u += (u.indexOf("?") >= 0 ? "&" : "?") + "anon=" + encodeURIComponent(this._anon);
+      // Present, even empty, `anon` asks the server for a token (identity) to present later.
+      if (this.options.anonKey) u += (u.indexOf("?") >= 0 ? "&" : "?") + "anon=" + encodeURIComponent(this._anon || "");
       return u;
     }
 
