@@ -30,6 +30,14 @@ for minor in 3.12 3.13; do
   fi
 done
 if [ -z "$python" ]; then
+  case "${CI:-}" in
+    1|true|TRUE|True|yes|YES)
+      # Under CI a leg that cannot run is a failed leg, as a skipped test is a failed test.
+      echo "test-matrix: no Python 3.12 or 3.13 found (pyenv, python3.12/python3.13 on the" \
+        "PATH, or \$PYTHON_DJ6); CI must run the Django 6 leg: install one." >&2
+      exit 1
+      ;;
+  esac
   echo "test-matrix: no Python 3.12 or 3.13 on this machine; Django 6 needs one, leg not run."
   exit 0
 fi

@@ -299,3 +299,25 @@ async def test_the_demo_refuses_private_rooms_to_anonymous_visitors(clock):
         await asyncio.sleep(MS)
     assert layer.groups.get("room.private-x")
     await signed_in.disconnect(code=1000)
+
+
+# The suite's own guards --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci, code", [("", 0), ("true", 1)])
+def test_the_version_matrix_fails_under_ci_when_its_python_is_missing(tmp_path, ci, code):
+    """scripts/test-matrix.sh on a machine without Python 3.12/3.13: skipped, but not in CI."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.servers import ROOT
+
+    bin_dir = tmp_path / "bin"  # nothing but dirname: no pyenv, no python3.1x
+    bin_dir.mkdir()
+    os.symlink(shutil.which("dirname"), bin_dir / "dirname")
+    done = subprocess.run([shutil.which("bash"), str(ROOT / "scripts" / "test-matrix.sh")],
+                          env={"PATH": str(bin_dir), "CI": ci, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "no Python 3.12 or 3.13" in done.stdout + done.stderr
