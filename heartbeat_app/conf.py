@@ -70,6 +70,15 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_BROADCAST_INTERVAL": None,
     # Seconds any single presence store call may take before it counts as an outage.
     "PRESENCE_STORE_TIMEOUT": 2.0,
+    # Rooms above this many members are count-only: their presence_state carries the
+    # count and no list, and presence_count replaces their diffs. None: always a list.
+    "PRESENCE_FULL_LIST_MAX": 200,
+    # Seconds between presence_count messages of one count-only room.
+    "PRESENCE_COUNT_INTERVAL": 2.0,
+    # Members a room may hold; a join beyond gets the error room_full. None: no cap.
+    "PRESENCE_MAX_MEMBERS": None,
+    # Broadcasts (typing, cursors) per second per sender and event; latest wins.
+    "PRESENCE_SIGNAL_RATE": 10.0,
     # Connections in the presence store's pool per process; callers wait, never fail.
     "PRESENCE_REDIS_MAX_CONNECTIONS": 50,
 }

@@ -86,6 +86,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
             raise
         finally:
             pump.cancel()
+            self._presence_stop()
             try:
                 await pump
             except (asyncio.CancelledError, Exception):
@@ -117,10 +118,10 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
                     elif session is not None:
                         self._heartbeat_scheduler.touch(session)
                         session.frames_in += 1
-                        if (
-                            text is not None
-                            and protocol.looks_like_heartbeat(text)
-                            and await self._heartbeat_handle_text(session, text)
+                        if text is not None and (
+                            await self._heartbeat_handle_text(session, text)
+                            if protocol.looks_like_heartbeat(text)
+                            else await self._presence_offer(session, text, self._heartbeat_allow)
                         ):
                             continue
                 elif kind == "websocket.disconnect":

@@ -32,3 +32,10 @@ def host() -> str:
     """This process's host name."""
     instance_id()
     return _identity["host"]
+
+
+def instance_info(layer) -> dict:
+    """What other processes need to know of this one: host, pid, start, channel prefix."""
+    prefix = getattr(layer, "client_prefix", None)
+    return {"host": host(), "pid": os.getpid(), "started_ms": int(started_at() * 1000),
+            "channel_prefix": f"specific.{prefix}!" if prefix else ""}

@@ -175,6 +175,8 @@ class Metrics:
         self.broadcasts = r.counter("heartbeat_presence_broadcasts_total",
                                     "presence_diff broadcasts sent to a room's group.")
         self.rooms = r.gauge("heartbeat_presence_rooms", "Rooms with sessions of this process.")
+        self.signals = r.counter("heartbeat_presence_signals_total",
+                                 "Ephemeral signals (broadcast messages) sent to a room.")
         self.refused = r.counter("heartbeat_handshakes_refused_total",
                                  "Handshakes refused, by cause.", ("why",))
         self.row_writes = r.counter("heartbeat_session_row_writes_total",

@@ -80,6 +80,7 @@ class LeaveReason(enum.StrEnum):
     INSTANCE_LOST = "instance_lost"  # its server process is gone
     UPDATE = "update"  # replaced by a newer version of the same session's meta
     REPLACED = "replaced"  # replaced by a new session of the same tab
+    LEFT = "left"  # the session left the room while staying connected
 
 
 class CloseCode(enum.IntEnum):
@@ -334,9 +335,18 @@ def identity(key: str, token: str) -> dict[str, Any]:
     return {"type": IDENTITY, "key": key, "token": token}
 
 
-def presence_state(room: str, members: dict[str, dict]) -> dict[str, Any]:
-    """The full state of a room, sent to a session when it joins."""
-    return {"type": PRESENCE_STATE, "room": room, "members": members}
+def presence_state(room: str, members: dict[str, dict] | None,
+                   count: int | None = None) -> dict[str, Any]:
+    """The state of a room, sent to a session when it joins.
+
+    ``count`` is the number of members; a big room's state carries only the count
+    (``members`` None).
+    """
+    message: dict[str, Any] = {"type": PRESENCE_STATE, "room": room}
+    if members is not None:
+        message["members"] = members
+    message["count"] = len(members) if count is None and members is not None else count
+    return message
 
 
 def presence_diff(room: str, joins: dict[str, dict], leaves: dict[str, dict]) -> dict[str, Any]:

@@ -17,30 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
 
 from . import conf, protocol
-from .instance import instance_id, started_at
+from .announcer import Announcer, Fetch, enrich
+from .instance import instance_id, instance_info
 from .layers import group_name
 from .protocol import LeaveReason
 from .reaper import Reaper
 from .runtime import Runtime, Service, get_runtime
-from .signals import member_joined, member_left
 from .state import SessionState
-from .stores import BaseStore, Change, StoreUnavailable, get_store, new_ref
+from .stores import BaseStore, StoreUnavailable, get_store, new_ref
 
 logger = logging.getLogger(__name__)
 
-# Loop lag (seconds) above which presence broadcasts are spaced out.
+
+def ms(setting: str) -> int:
+    """A setting in seconds, as integer milliseconds (read each time: override_settings)."""
+    return int(conf.get(setting) * 1000)
+
+# Loop lag (seconds) above which a store call that times out is the loop's fault.
 LAGGING = 0.1
-MAX_BROADCAST_BACKOFF = 16
-# Rooms broadcast before the tick yields to the event loop once.
-BROADCAST_BATCH = 64
 
 Send = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -48,13 +48,15 @@ Send = Callable[[dict[str, Any]], Awaitable[Any]]
 class _Local:
     """A session of this process that takes part in presence."""
 
-    __slots__ = ("send", "layer", "state", "metas", "refreshed", "leave_at", "reason")
+    __slots__ = ("send", "layer", "state", "metas", "refreshed", "leave_at", "reason", "fetch")
 
-    def __init__(self, send: Send, layer, state: SessionState, metas: dict[str, dict]):
+    def __init__(self, send: Send, layer, state: SessionState, metas: dict[str, dict],
+                 fetch: Fetch | None = None):
         self.send = send
         self.layer = layer
         self.state = state
         self.metas = metas
+        self.fetch = fetch  # the consumer's fetch_presence(room, members) hook
         self.refreshed = 0.0
         self.leave_at: float | None = None  # set while in its leave grace
         self.reason = LeaveReason.CLOSED
@@ -69,37 +71,26 @@ class Tracker(Service):
         super().__init__(runtime)
         self.store = store or get_store()
         self.instance = instance_id()
-        self.started_ms = int(started_at() * 1000)
         self.local: dict[str, _Local] = {}
-        self.dirty: set[str] = set()
-        self.diffs: dict[str, dict[str, dict]] = {}
+        # Sessions whose metas changed: the rooms concerned, or None for all of them.
+        self.dirty: dict[str, set[str] | None] = {}
         self.unsynced_leaves: list[tuple[str, str, str]] = []
         self.unsynced_joins: set[str] = set()
         self.degraded = False
         self.rebuild_needed = False
+        self.announcer = Announcer(runtime, self.store, call=self._call,
+                                   wake=self.ensure_running)
+        self._queue = self.announcer.queue
         self.reaper = Reaper(self.store, self.instance, call=self._call, queue=self._queue)
-        self.last_broadcast = 0.0
-        self.broadcast_backoff = 1
-        self._joining: list[tuple[_Local, asyncio.Future]] = []
+        self._joining: list[tuple] = []  # (local, rooms, new rooms, done)
         self._join_task: asyncio.Task | None = None
         self.metrics.rooms.set_function(
             lambda: len({room for local in self.local.values() for room in local.metas}))
 
-    # Settings, read each time so override_settings works -------------------
-
-    @staticmethod
-    def ttl_ms() -> int:
-        return int(conf.get("PRESENCE_TTL") * 1000)
-
-    @staticmethod
-    def instance_ttl_ms() -> int:
-        return int(conf.get("PRESENCE_INSTANCE_TTL") * 1000)
-
-    def info(self) -> dict[str, Any]:
-        layer = get_channel_layer()
-        prefix = getattr(layer, "client_prefix", None)
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started_ms": self.started_ms,
-                "channel_prefix": f"specific.{prefix}!" if prefix else ""}
+    @property
+    def diffs(self) -> dict[str, dict[str, dict]]:
+        """Changes not broadcast yet, by room."""
+        return self.announcer.diffs
 
     async def _call(self, op: str, coro):
         started = self.clock.monotonic()
@@ -135,71 +126,134 @@ class Tracker(Service):
     # Called by consumers -----------------------------------------------------
 
     async def join(self, state: SessionState, rooms: list[str], extra: dict[str, Any], *,
-                   layer, send: Send) -> None:
-        """Join a session to its rooms; returns once its presence_state went out.
+                   layer, send: Send, fetch: Fetch | None = None) -> list[str]:
+        """Join a session to rooms; returns once their states went out, with the rooms refused.
 
         Joins queue up and one task sends them all to the store in one round
         trip, reads each room once for all its joiners and sends their states.
         Under a storm the batches grow by themselves (every handshake of a loop
         iteration lands in the same one), and no handshake holds a pool
         connection of its own. The handshake itself is over by then (accept went
-        first); only the rest of the consumer's connect() waits.
+        first); only the rest of the consumer's connect() waits. A room the session
+        is in already is not joined again; its state is sent again. A room at
+        PRESENCE_MAX_MEMBERS is refused (returned).
         """
-        metas = {room: self._meta(state, extra) for room in rooms}
-        local = self.local[state.id] = _Local(send, layer, state, metas)
-        local.refreshed = self.clock.monotonic()
+        local = self.local.get(state.id)
+        if local is None or local.leave_at is not None:
+            local = self.local[state.id] = _Local(send, layer, state, {}, fetch)
+            local.refreshed = self.clock.monotonic()
+        new = [room for room in rooms if room not in local.metas]
+        for room in new:
+            local.metas[room] = self._meta(state, extra)
         self.ensure_running()
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._joining.append((local, done))
+        self._joining.append((local, list(rooms), new, done))
         if self._join_task is None or self._join_task.done():
             self._join_task = loop.create_task(self._join_batches())
-        await done
+        return await done
 
     async def _join_batches(self) -> None:
         await asyncio.sleep(0)  # the joins of this loop iteration come along
         while self._joining:
             batch, self._joining = self._joining, []
+            refused: dict[int, list[str]] = {}
             try:
-                await self._join_batch([local for local, _ in batch])
+                refused = await self._join_batch([item[:3] for item in batch])
             except Exception:
                 logger.exception("a presence join batch failed")
             finally:
-                for _, done in batch:
+                for local, _, _, done in batch:
                     if not done.done():
-                        done.set_result(None)
+                        done.set_result(refused.get(id(local), []))
 
-    async def _join_batch(self, batch: list[_Local]) -> None:
-        live = [local for local in batch if self._still_joining(local)]
-        for local in live:
-            for room in local.metas:
-                await local.layer.group_add(group_name(room), local.state.channel)
-        entries = [(room, meta) for local in live if self._still_joining(local)
-                   for room, meta in local.metas.items()]
+    async def _join_batch(self, batch) -> dict[int, list[str]]:
+        live = [(local, rooms, new) for local, rooms, new in batch if self._still_joining(local)]
+        involved = sorted({room for _, rooms, _ in live for room in rooms})
+        refused: dict[int, list[str]] = {}
         try:
-            self._queue(await self._call("join", self.store.join_many(entries, self.ttl_ms())))
-            rooms = {room for room, _ in entries}
-            members = {room: await self._call("members", self.store.members(room))
-                       for room in sorted(rooms)}
+            counts = await self._call("count", self.store.counts(involved))
+            cap = conf.get("PRESENCE_MAX_MEMBERS")
+            for local, _, new in live:
+                for room in new:
+                    if cap is not None and counts[room] >= cap:
+                        del local.metas[room]
+                        refused.setdefault(id(local), []).append(room)
+                        continue
+                    await local.layer.group_add(group_name(room), local.state.channel)
+            entries = [(room, local.metas[room]) for local, _, new in live
+                       for room in new if room in local.metas and self._still_joining(local)]
+            changes = await self._call("join", self.store.join_many(entries, ms("PRESENCE_TTL")))
+            self._queue(changes)
+            for change in changes:
+                if change.member_changed:
+                    counts[change.room] += 1 if change.joined else -1
+            states: dict[tuple[str, int], dict] = {}
+            for local, rooms, _ in live:
+                for room in rooms:
+                    key = (room, id(local.fetch))
+                    if key not in states and room in local.metas:
+                        states[key] = await self._room_state(room, counts[room], local.fetch)
+                    if local.fetch is not None:
+                        self.announcer.fetchers.setdefault(room, local.fetch)
         except StoreUnavailable:
             # Joined (and sent their state) at a later tick, or by the rebuild
             # when the store comes back from an outage.
-            self.unsynced_joins.update(local.state.id for local in live)
-            return
-        for local in live:
+            self.unsynced_joins.update(local.state.id for local, _, _ in live)
+            return refused
+        for local, rooms, new in live:
             if not self._still_joining(local):
                 # It ended while its join was on the way: the leave found nothing to
                 # remove, so undo the join now that it has landed.
-                for room in local.metas:
+                for room in new:
                     self._queue(await self._call("leave", self.store.leave(
                         room, local.state.id, local.reason)))
                 continue
-            for room in local.metas:
-                await local.send(protocol.presence_state(
-                    room, protocol.public_members(members[room])))
+            local.state.rooms = list(local.metas)
+            for room in rooms:
+                if room in local.metas:
+                    await local.send(states[(room, id(local.fetch))])
+        return refused
+
+    async def _room_state(self, room: str, count: int, fetch: Fetch | None) -> dict[str, Any]:
+        """A room's presence_state: its members, or only their count for a big room."""
+        full_max = conf.get("PRESENCE_FULL_LIST_MAX")
+        if full_max is not None and count > full_max:
+            return protocol.presence_state(room, None, count)
+        members = protocol.public_members(
+            await self._call("members", self.store.members(room)))
+        members = await enrich(fetch, room, members)
+        return protocol.presence_state(room, members)
 
     def _still_joining(self, local: _Local) -> bool:
         return local.leave_at is None and self.local.get(local.state.id) is local
+
+    async def leave_room(self, state: SessionState, room: str) -> bool:
+        """The session leaves one room and stays connected; False if it was not in it."""
+        local = self.local.get(state.id)
+        if local is None or local.leave_at is not None or room not in local.metas:
+            return False
+        del local.metas[room]
+        state.rooms = list(local.metas)
+        try:
+            await local.layer.group_discard(group_name(room), state.channel)
+        except Exception as exc:
+            logger.warning("could not leave the group of room %s: %r", room, exc)
+        try:
+            self._queue(await self._call("leave", self.store.leave(
+                room, state.id, LeaveReason.LEFT)))
+        except StoreUnavailable:
+            self.unsynced_leaves.append((room, state.id, LeaveReason.LEFT))
+        return True
+
+    def update_state(self, state: SessionState, room: str, value: dict[str, Any]) -> bool:
+        """Set the ``state`` of the session's meta in a room, sent at the next tick."""
+        local = self.local.get(state.id)
+        if local is None or local.leave_at is not None or room not in local.metas:
+            return False
+        local.metas[room] = {**local.metas[room], "state": value}
+        self._mark(state.id, room)
+        return True
 
     def _meta(self, state: SessionState, extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "session": state.id, "key": state.user_key, "tab": state.tab,
@@ -227,9 +281,16 @@ class Tracker(Service):
 
     def visibility_changed(self, state: SessionState) -> None:
         """Mark a session's metas for an update at the next tick."""
-        if state.id in self.local:
-            self.dirty.add(state.id)
-            self.ensure_running()
+        self._mark(state.id, None)
+
+    def _mark(self, session_id: str, room: str | None) -> None:
+        # Coalesced: whatever changes within a tick is one update per meta.
+        if session_id not in self.local:
+            return
+        rooms = self.dirty.get(session_id, set())
+        if rooms is not None:
+            self.dirty[session_id] = None if room is None else {*rooms, room}
+        self.ensure_running()
 
     # The tick ----------------------------------------------------------------
 
@@ -246,7 +307,7 @@ class Tracker(Service):
             await self.reaper.maybe_reap(now)
         except StoreUnavailable:
             pass
-        await self._broadcast(now)
+        await self.announcer.flush(now)
 
     async def _refresh(self, now: float) -> None:
         # Every local session is refreshed once a third of the TTL: one call per
@@ -255,7 +316,8 @@ class Tracker(Service):
         due = [local for local in self.local.values() if now - local.refreshed >= every]
         entries = [(room, local.state.id) for local in due for room in local.metas]
         missing = await self._call("refresh", self.store.refresh(
-            self.instance, self.instance_ttl_ms(), self.ttl_ms(), entries, self.info()))
+            self.instance, ms("PRESENCE_INSTANCE_TTL"), ms("PRESENCE_TTL"), entries,
+            instance_info(get_channel_layer())))
         for local in due:
             local.refreshed = now
         for room, session in missing:
@@ -264,11 +326,11 @@ class Tracker(Service):
                 # Reaped while this process was away (a stall): put it back.
                 local.metas[room] = {**local.metas[room], "ref": new_ref()}
                 self._queue(await self._call("join", self.store.join(
-                    room, local.metas[room], self.ttl_ms())))
+                    room, local.metas[room], ms("PRESENCE_TTL"))))
 
     async def _send_state(self, local: _Local, room: str) -> None:
-        members = await self._call("members", self.store.members(room))
-        await local.send(protocol.presence_state(room, protocol.public_members(members)))
+        count = await self._call("count", self.store.count(room))
+        await local.send(await self._room_state(room, count, local.fetch))
 
     def _live(self) -> list[_Local]:
         return [local for local in self.local.values() if local.leave_at is None]
@@ -282,7 +344,7 @@ class Tracker(Service):
         for local in self._live():
             for room, meta in local.metas.items():
                 self._queue(await self._call("join", self.store.join(
-                    room, meta, self.ttl_ms())))
+                    room, meta, ms("PRESENCE_TTL"))))
         for local in self._live():
             for room in local.metas:
                 await self._send_state(local, room)
@@ -293,20 +355,25 @@ class Tracker(Service):
             if local is not None and local.leave_at is None:
                 for room, meta in local.metas.items():
                     self._queue(await self._call("join", self.store.join(
-                        room, meta, self.ttl_ms())))
+                        room, meta, ms("PRESENCE_TTL"))))
                     await self._send_state(local, room)
             self.unsynced_joins.discard(session_id)
 
     async def _flush_updates(self) -> None:
         while self.dirty:
-            local = self.local.get(self.dirty.pop())
+            session_id, rooms = self.dirty.popitem()
+            local = self.local.get(session_id)
             if local is None or local.leave_at is not None:
                 continue
-            for room, meta in local.metas.items():
-                local.metas[room] = {**meta, "visible": bool(local.state.visible),
-                                     "ref": new_ref()}
+            visible = local.state.visible
+            for room in list(local.metas) if rooms is None else rooms:
+                meta = local.metas.get(room)
+                if meta is None:
+                    continue  # left the room meanwhile
+                local.metas[room] = {**meta, "ref": new_ref(),
+                                     "visible": meta["visible"] if visible is None else visible}
                 self._queue(await self._call("update", self.store.update(
-                    room, local.metas[room], self.ttl_ms())))
+                    room, local.metas[room], ms("PRESENCE_TTL"))))
 
     async def _flush_leaves(self, now: float) -> None:
         for local in [x for x in self.local.values() if x.leave_at is not None]:
@@ -315,72 +382,13 @@ class Tracker(Service):
 
     async def _finish_leave(self, local: _Local) -> None:
         self.local.pop(local.state.id, None)
-        self.dirty.discard(local.state.id)
+        self.dirty.pop(local.state.id, None)
         for room in local.metas:
             try:
                 self._queue(await self._call("leave", self.store.leave(
                     room, local.state.id, local.reason)))
             except StoreUnavailable:
                 self.unsynced_leaves.append((room, local.state.id, local.reason))
-
-    # Diffs -------------------------------------------------------------------
-
-    def _queue(self, changes: list[Change]) -> None:
-        refs_in = {c.meta.get("ref") for c in changes if c.joined}
-        refs_out = {c.meta.get("ref") for c in changes if not c.joined}
-        # The same version leaving and coming back (a rebuild) tells nobody anything.
-        unchanged = refs_in & refs_out
-        for change in changes:
-            if change.meta.get("ref") in unchanged:
-                continue
-            diff = self.diffs.setdefault(change.room, {"joins": {}, "leaves": {}})
-            side = diff["joins"] if change.joined else diff["leaves"]
-            side.setdefault(change.key, {"metas": []})["metas"].append(change.meta)
-            if change.member_changed:
-                signal = member_joined if change.joined else member_left
-                asyncio.ensure_future(self._signal(signal, change))
-        if self.diffs:
-            self.ensure_running()
-
-    async def _signal(self, signal, change: Change) -> None:
-        kwargs = {"room": change.room, "key": change.key, "meta": change.meta}
-        if not change.joined:
-            kwargs["reason"] = change.reason
-        for receiver, result in await signal.asend_robust(sender=Tracker, **kwargs):
-            if isinstance(result, Exception):
-                logger.error("receiver %r of a presence signal raised", receiver,
-                             exc_info=result)
-
-    async def _broadcast(self, now: float) -> None:
-        # Under overload (a reconnect storm: the loop's ticks run late) broadcasts
-        # are spaced out, up to 16 times, so the fan-out of diffs (each recipient
-        # costs a dispatch and a send) does not starve handshakes and heartbeats;
-        # the diffs are merged meanwhile, nothing is lost.
-        lag = self.runtime.lag
-        if lag > LAGGING:
-            self.broadcast_backoff = min(self.broadcast_backoff * 2, MAX_BROADCAST_BACKOFF)
-        elif lag < LAGGING / 2:
-            self.broadcast_backoff = max(1, self.broadcast_backoff // 2)
-        interval = conf.get("PRESENCE_BROADCAST_INTERVAL")
-        if self.broadcast_backoff > 1:
-            interval = (interval or conf.tick()) * self.broadcast_backoff
-        if interval is not None and now - self.last_broadcast < interval:
-            return
-        self.last_broadcast = now
-        diffs, self.diffs = self.diffs, {}
-        layer = get_channel_layer()
-        for count, (room, diff) in enumerate(diffs.items(), 1):
-            if count % BROADCAST_BATCH == 0:
-                await asyncio.sleep(0)  # many rooms: let other traffic in between
-            # Filtered once per room here, not once per recipient.
-            message = protocol.presence_diff(room, protocol.public_members(diff["joins"]),
-                                             protocol.public_members(diff["leaves"]))
-            try:
-                await layer.group_send(group_name(room), {**message, "type": "presence.diff"})
-                self.metrics.broadcasts.inc()
-            except Exception as exc:  # the layer is down too: the rebuild resends state
-                logger.warning("presence_diff of room %s not broadcast: %r", room, exc)
-
 
 def get_tracker() -> Tracker:
     """The tracker of the running event loop's runtime, made on first use."""

@@ -74,7 +74,7 @@ async def next_diff(communicator, timeout=2.0):
 
 async def test_newcomer_gets_state_and_the_room_gets_a_diff(clock):
     alice, alice_hello, state = await join(tab="a", user=user(1), nick="alice")
-    assert state == {"type": "presence_state", "room": "lobby", "members": {
+    assert state == {"type": "presence_state", "room": "lobby", "count": 1, "members": {
         "1": {"metas": [state["members"]["1"]["metas"][0]]}}}
     meta = state["members"]["1"]["metas"][0]
     assert meta["session"] == alice_hello["session"]

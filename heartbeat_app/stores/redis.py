@@ -355,6 +355,17 @@ class RedisStore(BaseStore):
     async def count(self, room, now_ms=None):
         return int(await self._call("hlen", f"{self.prefix}:r:{room}:k"))
 
+    async def counts(self, rooms):
+        client, _ = self._client()
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.hlen(f"{self.prefix}:r:{room}:k")
+                replies = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return {room: int(n) for room, n in zip(rooms, replies, strict=True)}
+
     async def rooms(self):
         client, _ = self._client()
         try:

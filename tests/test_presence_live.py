@@ -1,0 +1,256 @@
+"""Presence driven while connected: join, leave, presence_update, broadcast, big rooms."""
+
+from types import SimpleNamespace
+
+import pytest
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+from django.core.exceptions import ValidationError
+
+from heartbeat_app import presence, stores
+from heartbeat_app.consumers import HeartbeatMixin
+
+TICK = 0.05
+
+
+class Live(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    """Starts in the rooms of ``?rooms=``; private-* rooms need a signed-in user."""
+
+    heartbeat_interval = 2.0
+    heartbeat_timeout = 1.0
+
+    def get_presence_rooms(self):
+        return list(self.scope.get("rooms", ["lobby"]))
+
+    def can_join_presence(self, room):
+        user = self.scope.get("user")
+        return not room.startswith("private-") or getattr(user, "is_authenticated", False)
+
+    def clean_presence_state(self, room, state):
+        if state.get("status") not in (None, "available", "busy"):
+            raise ValidationError("status must be available or busy")
+        return state
+
+    async def receive_json(self, content, **kwargs):
+        await self.send_json({"echo": content})
+
+
+class Enriched(Live):
+    def fetch_presence(self, room, members):
+        return {key: {**value, "name": f"user {key}"} for key, value in members.items()}
+
+
+class OwnProtocol(Live):
+    presence_client_messages = False
+
+
+def user(pk):
+    return SimpleNamespace(pk=pk, is_authenticated=True)
+
+
+@pytest.fixture(autouse=True)
+async def live(settings, make_runtime):
+    settings.HEARTBEAT_TICK = TICK
+    settings.PRESENCE_STORE = "memory"
+    settings.PRESENCE_LEAVE_GRACE = 0
+    stores.reset_store()
+    runtime = make_runtime(autostart={"tracker"})
+    yield runtime
+    stores.reset_store()
+
+
+async def client(pk, rooms=("lobby",), consumer=Live):
+    communicator = WebsocketCommunicator(consumer.as_asgi(), f"/ws/?tab=t{pk}")
+    communicator.scope.update(rooms=list(rooms), user=user(pk))
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    communicator.states = [await communicator.receive_json_from() for _ in rooms]
+    return communicator
+
+
+async def next_of(communicator, kind, timeout=2.0, **match):
+    """The next message of a type (and fields), skipping others."""
+    while True:
+        message = await communicator.receive_json_from(timeout=timeout)
+        if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+            return message
+
+
+async def test_join_while_connected_sends_the_state_and_the_room_sees_the_join():
+    watcher = await client(1, rooms=["b"])
+    mover = await client(2, rooms=["a"])
+    await mover.send_json_to({"type": "join", "room": "b"})
+    state = await next_of(mover, "presence_state", room="b")
+    assert set(state["members"]) == {"1", "2"} and state["count"] == 2
+    diff = await next_of(watcher, "presence_diff", room="b")
+    while "2" not in diff["joins"]:  # its own join may come first
+        diff = await next_of(watcher, "presence_diff", room="b")
+    assert "1" not in diff["leaves"]
+    # Joining a room it is in: no new join, the state again.
+    await mover.send_json_to({"type": "join", "room": "b"})
+    assert (await next_of(mover, "presence_state", room="b"))["count"] == 2
+    assert await presence.arooms_of(2) == ["a", "b"]
+    for c in (watcher, mover):
+        await c.disconnect()
+
+
+async def test_leave_is_seen_with_reason_left_and_ends_that_rooms_presence():
+    watcher = await client(1, rooms=["a"])
+    leaver = await client(2, rooms=["a", "b"])
+    await next_of(watcher, "presence_diff", room="a")
+    await leaver.send_json_to({"type": "leave", "room": "a"})
+    diff = await next_of(watcher, "presence_diff", room="a")
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "left"
+    assert await presence.arooms_of(2) == ["b"]
+    await watcher.send_json_to({"type": "presence_update", "room": "a",
+                                "state": {"status": "busy"}})
+    # The leaver hears nothing more of room a; a request there is not_in_room.
+    await leaver.send_json_to({"type": "broadcast", "room": "a", "event": "typing"})
+    error = await next_of(leaver, "error")
+    assert error == {"type": "error", "code": "not_in_room", "room": "a",
+                     "detail": "This session is not in the room."}
+    assert await leaver.receive_nothing(timeout=5 * TICK)
+    for c in (watcher, leaver):
+        await c.disconnect()
+
+
+async def test_presence_update_sets_the_state_and_refusals_say_why():
+    watcher = await client(1)
+    busy = await client(2)
+    await next_of(watcher, "presence_diff")
+    await busy.send_json_to({"type": "presence_update", "room": "lobby",
+                             "state": {"status": "busy", "session": "forged"}})
+    diff = await next_of(watcher, "presence_diff")
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "update"
+    meta = diff["joins"]["2"]["metas"][0]
+    assert meta["state"] == {"status": "busy", "session": "forged"}
+    assert meta["session"] != "forged"  # server fields cannot be overwritten
+    await busy.send_json_to({"type": "presence_update", "room": "lobby",
+                             "state": {"status": "asleep"}})
+    error = await next_of(busy, "error")
+    assert (error["code"], error["detail"]) == ("invalid_state",
+                                                "status must be available or busy")
+    await busy.send_json_to({"type": "presence_update", "room": "lobby",
+                             "state": {"blob": "x" * 2000}})
+    assert (await next_of(busy, "error"))["code"] == "invalid_state"
+    for c in (watcher, busy):
+        await c.disconnect()
+
+
+async def test_broadcast_reaches_the_others_throttled_latest_wins(settings):
+    settings.PRESENCE_SIGNAL_RATE = 5.0  # a window of 200 ms
+    typist = await client(1)
+    reader = await client(2)
+    for n in range(5):
+        await typist.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                                   "data": {"n": n}})
+    first = await next_of(reader, "broadcast")
+    assert first == {"type": "broadcast", "room": "lobby", "event": "typing", "from": "1",
+                     "data": {"n": 0}}
+    last = await next_of(reader, "broadcast", timeout=1.0)
+    assert last["data"] == {"n": 4}  # the ones in between were replaced
+    assert await reader.receive_nothing(timeout=0.3)
+    while not await typist.receive_nothing(timeout=0.05):  # the sender gets no echo
+        message = await typist.receive_json_from()
+        assert message["type"] != "broadcast"
+    for c in (typist, reader):
+        await c.disconnect()
+
+
+async def test_a_big_room_gets_a_count_instead_of_members_and_diffs(settings):
+    settings.PRESENCE_FULL_LIST_MAX = 2
+    settings.PRESENCE_COUNT_INTERVAL = 0.1
+    small = [await client(pk) for pk in (1, 2)]
+    assert small[1].states[0]["count"] == 2 and set(small[1].states[0]["members"]) == {"1", "2"}
+    third = await client(3)
+    assert third.states[0] == {"type": "presence_state", "room": "lobby", "count": 3}
+    count = await next_of(small[0], "presence_count")
+    assert count == {"type": "presence_count", "room": "lobby", "count": 3}
+    for c in [*small, third]:
+        await c.disconnect()
+
+
+async def test_a_full_room_refuses_a_join_and_a_private_one_an_anonymous_join(settings):
+    settings.PRESENCE_MAX_MEMBERS = 1
+    first = await client(1, rooms=["one"])
+    second = await client(2, rooms=["two"])
+    await second.send_json_to({"type": "join", "room": "one"})
+    error = await next_of(second, "error")
+    assert (error["code"], error["room"]) == ("room_full", "one")
+    assert await presence.arooms_of(2) == ["two"]
+    anonymous = WebsocketCommunicator(Live.as_asgi(), "/ws/?tab=anon")
+    anonymous.scope["rooms"] = ["three"]
+    assert (await anonymous.connect())[0]
+    await next_of(anonymous, "presence_state")
+    await anonymous.send_json_to({"type": "join", "room": "private-x"})
+    error = await next_of(anonymous, "error")
+    assert (error["code"], error["room"]) == ("room_forbidden", "private-x")
+    assert await presence.amembers("private-x") == {}
+    for c in (first, second, anonymous):
+        await c.disconnect()
+
+
+async def test_fetch_presence_completes_states_and_diffs():
+    watcher = await client(1, consumer=Enriched)
+    assert watcher.states[0]["members"]["1"]["name"] == "user 1"
+    newcomer = await client(2, consumer=Enriched)
+    diff = await next_of(watcher, "presence_diff")
+    assert diff["joins"]["2"]["name"] == "user 2"
+    for c in (watcher, newcomer):
+        await c.disconnect()
+
+
+async def test_a_consumer_with_its_own_join_message_gets_it_untouched():
+    own = await client(1, consumer=OwnProtocol)
+    await own.send_json_to({"type": "join", "room": "elsewhere"})
+    assert (await own.receive_json_from()) == {"echo": {"type": "join", "room": "elsewhere"}}
+    await own.disconnect()
+
+
+class Driven(Live):
+    """Moves its session by the app's own messages, through the Python API."""
+
+    presence_client_messages = False
+
+    async def receive_json(self, content, **kwargs):
+        room = content["room"]
+        if content["do"] == "join":
+            ok = await self.presence_join(room)
+        elif content["do"] == "status":
+            ok = await self.presence_update(room, lambda state: {**state, "status": "busy"})
+        else:
+            ok = await self.presence_leave(room)
+        await self.send_json({"done": content["do"], "ok": ok})
+
+
+async def test_the_python_api_joins_updates_and_leaves():
+    watcher = await client(1, rooms=["hall"])
+    driven = await client(2, consumer=Driven)
+
+    async def do(action, room):
+        await driven.send_json_to({"do": action, "room": room})
+        while True:
+            message = await driven.receive_json_from()
+            if message.get("done") == action:
+                return message["ok"]
+
+    def states(diff):  # a diff may hold the join and the update both (coalesced)
+        return [m.get("state") for m in diff["joins"].get("2", {}).get("metas", [])]
+
+    def reasons(diff):
+        return [m["reason"] for m in diff["leaves"].get("2", {}).get("metas", [])]
+
+    assert await do("join", "hall")
+    assert await presence.acount("hall") == 2
+    assert await do("status", "hall")
+    diff = await next_of(watcher, "presence_diff", room="hall")
+    while {"status": "busy"} not in states(diff):
+        diff = await next_of(watcher, "presence_diff", room="hall")
+    assert await do("leave", "hall")
+    while "left" not in reasons(diff):
+        diff = await next_of(watcher, "presence_diff", room="hall")
+    assert not await do("leave", "hall")  # not in it any more
+    assert await do("join", "private-club")  # signed in: allowed
+    assert await presence.arooms_of(2) == ["lobby", "private-club"]
+    for c in (watcher, driven):
+        await c.disconnect()
