@@ -24,7 +24,7 @@ from .drain import install_signal_handler
 from .layers import survive_outages
 from .limits import TokenBucket
 from .options import FROM_SETTINGS, HeartbeatOptions
-from .presence import PresenceMixin
+from .presence_consumer import PresenceMixin
 from .protocol import CloseCode, CloseReason, ProtocolError
 from .recorder import Recorder
 from .runtime import get_runtime

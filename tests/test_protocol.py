@@ -343,6 +343,7 @@ def test_error_codes_are_the_documented_slugs():
         "invalid_message",
         "frame_too_large",
         "binary_not_supported",
+        "room_forbidden",
     }
 
 
@@ -520,10 +521,13 @@ def test_presence_messages_carry_only_what_clients_may_see():
     meta = {"session": "s1", "key": "7", "tab": "t", "ref": "r1", "channel": "specific.x!y",
             "instance": "host:1:ab", "visible": True}
     public = protocol.public_members({"7": {"metas": [meta]}})
-    assert public == {"7": {"metas": [{"session": "s1", "key": "7", "tab": "t", "ref": "r1",
+    # No private field, and no tab id another client could replay.
+    assert public == {"7": {"metas": [{"session": "s1", "key": "7", "ref": "r1",
                                        "visible": True}]}}
     assert protocol.presence_state("lobby", public) == {
-        "type": "presence_state", "room": "lobby", "members": public}
+        "type": "presence_state", "room": "lobby", "members": public, "count": 1}
+    assert protocol.presence_state("big", None, 5000) == {
+        "type": "presence_state", "room": "big", "count": 5000}
     assert protocol.presence_diff("lobby", public, {}) == {
         "type": "presence_diff", "room": "lobby", "joins": public, "leaves": {}}
 

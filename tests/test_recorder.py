@@ -60,3 +60,19 @@ async def test_rows_of_many_rooms_are_written_whole(recorder):
     await recorder.step(force=True)
     row = await sync_to_async(Session.objects.get)(pk=state.id)
     assert row.rooms.split(" ") == rooms
+
+
+async def test_last_seen_reads_the_session_history(recorder):
+    from heartbeat_app import presence
+
+    assert await presence.alast_seen("anon:nobody") is None
+    state = session("seen")
+    recorder.opened(state)
+    await recorder.step(force=True)
+    first = await presence.alast_seen(state.user_key)
+    assert first is not None
+    state.close_code, state.close_reason = 1000, CloseReason.CLOSED
+    recorder.clock.advance(30)
+    recorder.closed(state)
+    await recorder.step(force=True)
+    assert (await presence.alast_seen(state.user_key) - first).total_seconds() >= 30
