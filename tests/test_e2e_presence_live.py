@@ -1,0 +1,118 @@
+"""Presence driven while connected, across two Daphne processes sharing one Redis.
+
+A client on A moves into a room held by an observer on B, sets its state, types, leaves.
+"""
+
+import asyncio
+import json
+import os
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+
+from tests.servers import ServerProcess, server_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+class Peer:
+    """A websockets client that keeps every message it receives."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.messages: list[dict] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self):
+        try:
+            async for raw in self.ws:
+                message = json.loads(raw)
+                if message["type"] == "ping":
+                    await self.ws.send(json.dumps({"type": "pong", "id": message["id"]}))
+                self.messages.append(message)
+        except Exception as exc:  # noqa: BLE001 (kept for the assertion below)
+            self.error = exc
+
+    async def send(self, message):
+        await self.ws.send(json.dumps(message))
+
+    async def wait_for(self, predicate, timeout=10.0):
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = 0
+        while asyncio.get_running_loop().time() < deadline:
+            for message in self.messages[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.messages)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not received in {timeout} s; got {self.messages[-5:]}")
+
+
+@pytest.fixture
+def two(migrated_db, redis_url, tmp_path):
+    url = redis_url.rsplit("/", 1)[0] + "/10"
+    redis.Redis.from_url(url).flushdb()
+    env = server_env(migrated_db, REDIS_URL=url, HEARTBEAT_TICK="0.1",
+                     PRESENCE_KEY_PREFIX=f"hblive-{os.urandom(3).hex()}",
+                     HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5")
+    a = ServerProcess(tmp_path, env, name="A").start()
+    b = ServerProcess(tmp_path, env, name="B").start()
+    yield a, b
+    a.stop()
+    b.stop()
+    redis.Redis.from_url(url).flushdb()
+
+
+async def peer(server, room, tab):
+    ws = await connect(f"{server.url}/ws/rooms/{room}/?tab={tab}", origin=server.origin,
+                       ping_interval=None)
+    return Peer(ws)
+
+
+def joined(room, key=None):
+    def match(message):
+        return (message["type"] == "presence_diff" and message["room"] == room
+                and (key is None or key in message["joins"]))
+    return match
+
+
+async def test_join_update_broadcast_and_leave_across_two_processes(two):
+    a, b = two
+    observer = await peer(b, "hall", "obs")
+    obs_state = await observer.wait_for(lambda m: m["type"] == "presence_state")
+    mover = await peer(a, "lobby", "mov")
+    hello = await mover.wait_for(lambda m: m["type"] == "hello")
+    await mover.wait_for(lambda m: m["type"] == "presence_state")
+    # Join while connected: the state of the new room, and the observer on B sees the join.
+    await mover.send({"type": "join", "room": "hall"})
+    state = await mover.wait_for(lambda m: m["type"] == "presence_state" and m["room"] == "hall")
+    assert state["count"] == 2 and len(state["members"]) == 2
+    diff = await observer.wait_for(
+        lambda m: m["type"] == "presence_diff" and m["room"] == "hall" and any(
+            meta["session"] == hello["session"]
+            for v in m["joins"].values() for meta in v["metas"]))
+    key = next(k for k, v in diff["joins"].items()
+               if any(meta["session"] == hello["session"] for meta in v["metas"]))
+    # A live state, seen on B.
+    await mover.send({"type": "presence_update", "room": "hall", "state": {"status": "busy"}})
+    diff = await observer.wait_for(lambda m: m["type"] == "presence_diff" and any(
+        meta.get("state") == {"status": "busy"} for meta in m["joins"].get(key, {"metas": []})
+        ["metas"]))
+    assert diff["leaves"][key]["metas"][0]["reason"] == "update"
+    # A typing signal reaches B at once, tagged with the sender's member key; not its sender.
+    await mover.send({"type": "broadcast", "room": "hall", "event": "typing", "data": {"on": 1}})
+    signal = await observer.wait_for(lambda m: m["type"] == "broadcast")
+    assert signal == {"type": "broadcast", "room": "hall", "event": "typing", "from": key,
+                      "data": {"on": 1}}
+    # Leaving: reason left, and the mover hears no more of the room.
+    await mover.send({"type": "leave", "room": "hall"})
+    diff = await observer.wait_for(lambda m: m["type"] == "presence_diff" and any(
+        meta["reason"] == "left" for meta in m["leaves"].get(key, {"metas": []})["metas"]))
+    count = len(mover.messages)
+    await observer.send({"type": "presence_update", "room": "hall", "state": {"n": 1}})
+    await asyncio.sleep(0.5)
+    assert not [m for m in mover.messages[count:] if m.get("room") == "hall"]
+    assert obs_state["count"] == 1
+    await mover.ws.close()
+    await observer.ws.close()
