@@ -14,12 +14,9 @@ import json
 import os
 import platform
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -37,24 +34,7 @@ NOFILE = 20000
 
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from tests.servers import stop_process  # noqa: E402
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+from tests.servers import ServerProcess  # noqa: E402
 
 
 def _raise_nofile():
@@ -86,28 +66,33 @@ class Workdir:
         return env
 
 
-class Server:
-    """One server process (daphne, uvicorn, or the pure websockets server), pinned to a CPU."""
+class Server(ServerProcess):
+    """A benchmark server (daphne, uvicorn, or the pure websockets server), pinned to a CPU.
+
+    The tests' ServerProcess, serving ``bench/benchproj`` from a Workdir, with a listen
+    backlog a connect storm does not overflow, the open-file limit raised, and its CPU
+    time and memory read from /proc.
+    """
+
+    app = "benchproj.asgi:application"
+    stop_grace = 15.0
 
     def __init__(self, work: Workdir, kind: str, env: dict[str, str] | None = None, *,
                  name: str = "server", cpu: int | None = SERVER_CPU, port: int | None = None):
-        self.work, self.kind, self.name, self.cpu = work, kind, name, cpu
-        self.port = port or free_port()
-        self.env = work.env(env or {})
-        self.log_path = work.path / f"{name}-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__(work.path, work.env(env or {}), kind=kind, name=name, host=HOST,
+                         port=port)
+        self.work, self.cpu = work, cpu
         self.ps: psutil.Process | None = None
 
     def command(self) -> list[str]:
-        app = "benchproj.asgi:application"
         if self.kind == "daphne":
             cmd = [PY, "-m", "daphne", "-v", "0", "-e",
-                   f"tcp:port={self.port}:interface={HOST}:backlog=2048", app]
+                   f"tcp:port={self.port}:interface={self.host}:backlog=2048", self.app]
         elif self.kind == "uvicorn":
-            cmd = [PY, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port),
-                   "--backlog", "2048", "--log-level", "warning"]
+            cmd = [PY, "-m", "uvicorn", self.app, "--host", self.host, "--port",
+                   str(self.port), "--backlog", "2048", "--log-level", "warning"]
         elif self.kind == "wslib":
-            cmd = [PY, str(BENCH / "wsserver.py"), HOST, str(self.port)]
+            cmd = [PY, str(BENCH / "wsserver.py"), self.host, str(self.port)]
         else:
             raise ValueError(self.kind)
         if self.cpu is not None:
@@ -115,21 +100,9 @@ class Server:
         return cmd
 
     def start(self) -> Server:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, preexec_fn=_raise_nofile)
-        log.close()
-        if not wait_for_port(HOST, self.port) or self.proc.poll() is not None:
-            self.stop()
-            raise RuntimeError(f"{self.kind} did not start:\n{self.log()}")
+        super().start(preexec_fn=_raise_nofile)
         self.ps = psutil.Process(self.proc.pid)
         return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
@@ -137,22 +110,6 @@ class Server:
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        stop_process(self.proc, grace=15)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def client_command(script: str, *args, cpu: int | None = CLIENT_CPU) -> list[str]:

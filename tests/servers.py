@@ -1,4 +1,8 @@
-"""Real server processes for end-to-end tests: Daphne or uvicorn on a free loopback port."""
+"""Real server processes for the end-to-end tests and the benchmarks.
+
+Daphne or uvicorn on a free loopback port, with its log in a file; ``bench/benchlib.py``
+builds its pinned servers on the same class.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
+
+
+START_TIMEOUT = 30.0  # seconds until a started server must listen
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,6 +29,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_for_port(host: str, port: int, deadline: float) -> bool:
+    """Whether ``host:port`` accepts a connection before ``deadline`` (time.monotonic())."""
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=0.2):
@@ -31,14 +39,32 @@ def wait_for_port(host: str, port: int, deadline: float) -> bool:
     return False
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a process, kill it if it lingers past ``grace`` seconds, reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(timeout=grace)
+
+
 class ServerProcess:
-    """One ASGI server process serving the demo project, with its log in a file."""
+    """One ASGI server process serving ``app`` on a loopback port, with its log in a file.
+
+    Subclasses change what runs by overriding ``command()`` (and ``app``); ``start()``
+    takes extra ``subprocess.Popen`` arguments. A context manager: ``with`` starts and stops.
+    """
+
+    app = "project.asgi:application"
+    stop_grace = 10.0
 
     def __init__(self, log_dir: Path, env: dict[str, str], *, kind: str = "daphne",
-                 name: str = "server", host: str = "127.0.0.1"):
+                 name: str = "server", host: str = "127.0.0.1", port: int | None = None):
         self.kind = kind
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
         self.env = {**os.environ, **env}
         self.env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -54,18 +80,21 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        """The server's command line."""
         if self.kind == "daphne":
             return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port),
-                    "project.asgi:application"]
+                    self.app]
         if self.kind == "uvicorn":
-            return [sys.executable, "-m", "uvicorn", "project.asgi:application",
-                    "--host", self.host, "--port", str(self.port), "--log-level", "warning"]
+            return [sys.executable, "-m", "uvicorn", self.app, "--host", self.host,
+                    "--port", str(self.port), "--log-level", "warning"]
         raise ValueError(f"unknown server kind {self.kind!r}")
 
-    def start(self) -> ServerProcess:
+    def start(self, **popen: Any) -> ServerProcess:
+        """Start the process and wait until it listens; ``popen`` goes to subprocess.Popen."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            **popen,
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -103,18 +132,13 @@ class ServerProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGCONT)
-        stop_process(self.proc)
+        stop_process(self.proc, grace=self.stop_grace)
 
+    def __enter__(self) -> ServerProcess:
+        return self.start()
 
-def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
-    """Terminate a process, kill it if it lingers past ``grace`` seconds, reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait(timeout=grace)
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def server_env(database_url: str, **overrides: str) -> dict[str, str]:

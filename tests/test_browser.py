@@ -322,10 +322,8 @@ def test_server_killed_and_restarted_reconnects_and_restores_presence(
         attempts = one.evaluate("demo.sock.attempt")
         assert attempts >= 1
 
-        second_server = ServerProcess(tmp_path, env, name="after")
-        second_server.port = port  # the same address: the pages keep their URL
-        second_server.log_path = tmp_path / f"after-{port}.log"
-        second_server.start()
+        # The same address: the pages keep their URL.
+        second_server = ServerProcess(tmp_path, env, name="after", port=port).start()
         restarted_at = time.monotonic()
         for page in (one, two):
             wait_state(page, "open", timeout=30000)
