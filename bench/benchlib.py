@@ -4,6 +4,10 @@ Method (the same as the measured limits the targets come from): the server under
 runs pinned to CPU 0 (``taskset -c 0``), load clients to CPU 1; server CPU is read from
 /proc (psutil user+sys) over the measurement window; ratios are measured side by side
 in one run, because the machine is shared and noisy.
+
+The benchmarks run as modules from the repository root (``python -m bench.pingpong``),
+so ``bench`` and ``tests`` import without touching ``sys.path``; the processes they
+start run the same way, with the repository as their working directory.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.servers import ServerProcess
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -31,10 +37,6 @@ HOST = "127.0.0.1"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # database 12; every key starts with "hbbench"
 SERVER_CPU, CLIENT_CPU = 0, 1
 NOFILE = 20000
-
-sys.path[:0] = [str(ROOT), str(BENCH)]
-
-from tests.servers import ServerProcess  # noqa: E402
 
 
 def _raise_nofile():
@@ -52,6 +54,7 @@ class Workdir:
                        check=True, timeout=300, env=self.env({}))
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:
+        # The servers import the benchmark project as "benchproj", from bench/.
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCH)]),
                "DJANGO_SETTINGS_MODULE": "benchproj.settings",
@@ -92,7 +95,7 @@ class Server(ServerProcess):
             cmd = [PY, "-m", "uvicorn", self.app, "--host", self.host, "--port",
                    str(self.port), "--backlog", "2048", "--log-level", "warning"]
         elif self.kind == "wslib":
-            cmd = [PY, str(BENCH / "wsserver.py"), self.host, str(self.port)]
+            cmd = [PY, "-m", "bench.wsserver", self.host, str(self.port)]
         else:
             raise ValueError(self.kind)
         if self.cpu is not None:
@@ -112,14 +115,15 @@ class Server(ServerProcess):
         return self.ps.memory_info().rss
 
 
-def client_command(script: str, *args, cpu: int | None = CLIENT_CPU) -> list[str]:
-    cmd = [PY, str(BENCH / script), *map(str, args)]
+def client_command(module: str, *args, cpu: int | None = CLIENT_CPU) -> list[str]:
+    """The command line of ``python -m bench.<module> args...``, pinned to ``cpu``."""
+    cmd = [PY, "-m", f"bench.{module}", *map(str, args)]
     return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
 
 
-def spawn_client(script: str, *args, cpu: int | None = CLIENT_CPU, **kw) -> subprocess.Popen:
+def spawn_client(module: str, *args, cpu: int | None = CLIENT_CPU, **kw) -> subprocess.Popen:
     """A client process that reads commands on stdin and writes JSON lines on stdout."""
-    return subprocess.Popen(client_command(script, *args, cpu=cpu), cwd=ROOT,
+    return subprocess.Popen(client_command(module, *args, cpu=cpu), cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             bufsize=1, preexec_fn=_raise_nofile, **kw)
 
@@ -253,7 +257,7 @@ class LoadClient:
     """A bench/loadclient.py process, driven line by line."""
 
     def __init__(self, cpu: int | None = CLIENT_CPU, **cfg):
-        self.proc = spawn_client("loadclient.py", json.dumps(cfg), cpu=cpu)
+        self.proc = spawn_client("loadclient", json.dumps(cfg), cpu=cpu)
 
     def cmd(self, line: str) -> dict:
         self.proc.stdin.write(line + "\n")

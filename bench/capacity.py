@@ -7,7 +7,7 @@ the server's probes, a probe client pings every 50 ms. Variants, each on a fresh
 a bare AsyncWebsocketConsumer (memory per connection measured the same way), the demo's
 RoomConsumer (rooms of 100) with the in-memory layer, and with Redis.
 
-    .venv/bin/python bench/capacity.py [--sessions 5000] [--soak 60]
+    .venv/bin/python -m bench.capacity [--sessions 5000] [--soak 60]
         [--variants bare,memory,redis] [--gc-threshold 50000,20,100 --tag gc]
 
 With the default collector thresholds a ramp to 19,000 stalls in full collections on a
@@ -21,7 +21,7 @@ import math
 import re
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 WARM = 100
 PER_PROCESS = 5000
@@ -171,7 +171,7 @@ def render(data, name="capacity"):
     lines = [
         f"## {title}", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/capacity.py --sessions {a['sessions']} --soak "
+        f"Command: `.venv/bin/python -m bench.capacity --sessions {a['sessions']} --soak "
         f"{a['soak']:g} --variants {a['variants']}"
         + (f" --gc-threshold {a['gc_threshold']}" if a.get("gc_threshold") else "")
         + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")

@@ -1,6 +1,6 @@
 """Size of the bundled browser client: raw, gzipped, minified and minified + gzipped.
 
-Run: ``python bench/client_size.py``. Minification uses esbuild (``npx --yes
+Run: ``python -m bench.client_size``. Minification uses esbuild (``npx --yes
 esbuild@0.28.2 --minify``, fetched from the npm registry on first use); gzip is level 9.
 The figures in docs/client.md come from this script.
 """

@@ -5,7 +5,7 @@ PRESENCE_INSTANCE_TTL=3 and PRESENCE_REAP_INTERVAL=1 (tick 1 s). 200 clients sit
 one observer on B, all in one room. A is killed with SIGKILL; the observer times every
 ``presence_diff`` leave. Repeated with a fresh A each time.
 
-    .venv/bin/python bench/crash.py [--clients 200] [--reps 3]
+    .venv/bin/python -m bench.crash [--clients 200] [--reps 3]
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import json
 import sys
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 INSTANCE_TTL, REAP_INTERVAL, TICK = 3.0, 1.0, 1.0
 
 
 async def observer(port, room, expect):
     """Observer process: join B, say READY when the room is full, time the leaves."""
-    import rawws
+    from bench import rawws
 
     members: set[str] = set()
     leaves: list[tuple[float, str, str]] = []
@@ -72,7 +72,7 @@ def run(args):
                                         path=f"/ws/rooms/{room}/", per_room=10**9)
                 try:
                     clients.cmd("connect")
-                    obs = bl.spawn_client("crash.py", "--observe", b.port, room, args.clients,
+                    obs = bl.spawn_client("crash", "--observe", b.port, room, args.clients,
                                           cpu=None)
                     ready = bl.read_json_line(obs)
                     time.sleep(1.5)  # a few ticks of steady state
@@ -124,7 +124,7 @@ def render(data):
     lines = [
         "## Crash of a worker: leaves on the other", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/crash.py --clients {a['clients']} --reps "
+        f"Command: `.venv/bin/python -m bench.crash --clients {a['clients']} --reps "
         f"{a['reps']}` (results: `bench/results/crash.json`).", "",
         f"Two Daphne processes share Redis (channels_redis and the Redis presence store) "
         f"with `PRESENCE_INSTANCE_TTL={INSTANCE_TTL:g}`, `PRESENCE_REAP_INTERVAL="

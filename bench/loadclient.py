@@ -17,7 +17,7 @@ import random
 import sys
 import time
 
-import rawws
+from bench import rawws
 
 
 def backoff(attempt: int, base=1.0, low=0.5, high=30.0) -> float:

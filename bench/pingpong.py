@@ -6,7 +6,7 @@ presence and channels_redis on, rate limit off), a bare AsyncWebsocketConsumer a
 pong, and the Django peers' design (an ORM write per heartbeat, bench/benchproj). The same
 on uvicorn. A pure ``websockets`` server is the ceiling.
 
-    .venv/bin/python bench/pingpong.py [--reps 2] [--duration 3] [--ns 1,10,100]
+    .venv/bin/python -m bench.pingpong [--reps 2] [--duration 3] [--ns 1,10,100]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 VARIANTS = {  # label -> path on the Django servers
     "bare": "/ws/bare/",
@@ -33,7 +33,8 @@ LABELS = {"bare": "bare AsyncWebsocketConsumer", "mixin": "HeartbeatMixin + Redi
 
 async def client_main(port, path, n, warmup, duration, server_pid):
     import psutil
-    import rawws
+
+    from bench import rawws
 
     state = {"measuring": False, "count": 0}
     lat: list[float] = []
@@ -88,7 +89,7 @@ async def client_main(port, path, n, warmup, duration, server_pid):
 
 
 def measure(server, path, n, warmup, duration):
-    proc = bl.spawn_client("pingpong.py", "--client", server.port, path, n, warmup, duration,
+    proc = bl.spawn_client("pingpong", "--client", server.port, path, n, warmup, duration,
                            server.proc.pid)
     try:
         result = bl.read_json_line(proc)
@@ -204,7 +205,7 @@ def render(data, ns):
     lines = [
         "## Ping/pong: throughput, latency, CPU per round trip", "",
         bl.machine_line(m), "",
-        f"Command: `.venv/bin/python bench/pingpong.py --reps {a['reps']} --duration "
+        f"Command: `.venv/bin/python -m bench.pingpong --reps {a['reps']} --duration "
         f"{a['duration']} --ns {a['ns']}` "
         f"(results: `bench/results/pingpong.json`).", "",
         f"N closed-loop clients (the raw client in `bench/rawws.py`, pinned to CPU 1) each send "

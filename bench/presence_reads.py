@@ -1,6 +1,6 @@
 """Presence reads: members() and count() of one room in the Redis store (direct store API).
 
-    .venv/bin/python bench/presence_reads.py [--sizes 100,1000,10000] [--reps 200]
+    .venv/bin/python -m bench.presence_reads [--sizes 100,1000,10000] [--reps 200]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 
 async def measure(size, reps):
@@ -52,7 +52,7 @@ async def measure(size, reps):
 def run(args):
     import os
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproj.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.benchproj.settings")
     import django
 
     django.setup()
@@ -99,7 +99,7 @@ def render(data):
     lines = [
         "## Presence reads", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/presence_reads.py --sizes {a['sizes']} --reps "
+        f"Command: `.venv/bin/python -m bench.presence_reads --sizes {a['sizes']} --reps "
         f"{a['reps']}` (results: `bench/results/presence_reads.json`).", "",
         "One room filled through the Redis store's `join` (one member per session), then "
         "timed sequential calls of the store API from one coroutine: `members(room)` (one "

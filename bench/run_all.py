@@ -1,6 +1,8 @@
 """Run every benchmark in turn, as docs/benchmarks.md shows them (about 25 minutes on 2 cores).
 
-    .venv/bin/python bench/run_all.py [name ...]
+    .venv/bin/python -m bench.run_all [name ...]
+
+Run it from the repository root; each benchmark runs as ``python -m bench.<module>``.
 """
 
 import subprocess
@@ -8,21 +10,21 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-RUNS = {
-    "pingpong": ["pingpong.py"],
-    "scheduler_cost": ["scheduler_cost.py"],
-    "zombies": ["zombies.py"],
-    "crash": ["crash.py"],
-    "presence_reads": ["presence_reads.py"],
-    "storm": ["storm.py"],
-    "capacity": ["capacity.py", "--sessions", "5000"],
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = {  # name -> the bench module and its arguments
+    "pingpong": ["pingpong"],
+    "scheduler_cost": ["scheduler_cost"],
+    "zombies": ["zombies"],
+    "crash": ["crash"],
+    "presence_reads": ["presence_reads"],
+    "storm": ["storm"],
+    "capacity": ["capacity", "--sessions", "5000"],
     # 19,000 sessions complete only with the collector tuned (see the doc's gaps).
-    "capacity-gc": ["capacity.py", "--sessions", "5000", "--variants", "redis",
+    "capacity-gc": ["capacity", "--sessions", "5000", "--variants", "redis",
                     "--gc-threshold", "50000,20,100", "--tag", "gc"],
-    "capacity-gc19k": ["capacity.py", "--sessions", "19000", "--variants", "redis",
+    "capacity-gc19k": ["capacity", "--sessions", "19000", "--variants", "redis",
                        "--gc-threshold", "50000,20,100", "--tag", "gc19k"],
-    "summary": ["summary.py"],
+    "summary": ["summary"],
 }
 
 
@@ -31,8 +33,8 @@ def main():
     for name in names:
         t = time.monotonic()
         print(f"== {name}", flush=True)
-        script, *args = RUNS[name]
-        subprocess.run([sys.executable, str(BENCH / script), *args], check=True)
+        module, *args = RUNS[name]
+        subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, check=True)
         print(f"== {name}: {time.monotonic() - t:.0f} s", flush=True)
 
 

@@ -12,7 +12,7 @@ sessions (rooms of 100): store calls and Redis round trips per tick, Redis comma
 per tick from MONITOR (database 12 only, split into client commands and commands run
 inside Lua scripts) and from INFO commandstats (server-wide).
 
-    .venv/bin/python bench/scheduler_cost.py [--sessions 10000] [--interval 25] [--ticks 30]
+    .venv/bin/python -m bench.scheduler_cost [--sessions 10000] [--interval 25] [--ticks 30]
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import sys
 import threading
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 
 def _django():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproj.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.benchproj.settings")
     os.environ.setdefault("REDIS_URL", "")
     os.environ.setdefault("PRESENCE_KEY_PREFIX", "hbbench:sched")
     import django
@@ -262,10 +262,9 @@ def run(args):
     runs = []
     for cpus in ((0, 1), (1, 0)):
         procs = {variant: subprocess.Popen(
-            bl.client_command("scheduler_cost.py", "--drive", variant, args.sessions,
+            bl.client_command("scheduler_cost", "--drive", variant, args.sessions,
                               args.interval, cpu=cpu), cwd=bl.ROOT, stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(bl.ROOT), str(bl.BENCH)])})
+            text=True)
             for variant, cpu in zip(("scheduler", "tasks"), cpus, strict=True)}
         run1 = {}
         for variant, proc in procs.items():
@@ -346,7 +345,7 @@ def render(data):
     lines = [
         "## Scheduler cost and presence store calls per tick", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/scheduler_cost.py --sessions {a['sessions']} "
+        f"Command: `.venv/bin/python -m bench.scheduler_cost --sessions {a['sessions']} "
         f"--interval {a['interval']:g} --ticks {a['ticks']}` "
         f"(results: `bench/results/scheduler_cost.json`).", "",
         "![Scheduler CPU and tracker calls per tick](img/bench-scheduler.png)", "",

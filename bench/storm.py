@@ -7,7 +7,7 @@ bundled JS client's backoff (attempt 0: U(0, 1 s); attempt n >= 1:
 U(0.5 s, min(30 s, 1 s * 2^n)), full jitter). A probe client pings a bare consumer on
 the same server every 50 ms throughout and reconnects every 100 ms when cut off.
 
-    .venv/bin/python bench/storm.py [--clients 5000] [--down 1]
+    .venv/bin/python -m bench.storm [--clients 5000] [--down 1]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import math
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 
 def run(args):
@@ -149,7 +149,7 @@ def render(data):
     lines = [
         "## Reconnect storm", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/storm.py --clients {a['clients']} --down "
+        f"Command: `.venv/bin/python -m bench.storm --clients {a['clients']} --down "
         f"{a['down']:g}` (results: `bench/results/storm.json`).", "",
         "The clients (several processes on CPU 1, rooms of 100) sit on one Daphne process "
         "(CPU 0) with the Redis layer and presence. The server is killed with SIGKILL, "

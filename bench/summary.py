@@ -1,13 +1,13 @@
 """Write the summary at the top of docs/benchmarks.md from bench/results/*.json.
 
-    .venv/bin/python bench/summary.py
+    .venv/bin/python -m bench.summary
 """
 
 from __future__ import annotations
 
 import json
 
-import benchlib as bl
+from bench import benchlib as bl
 
 
 def load(name):
@@ -147,7 +147,7 @@ def rows():
 def main():
     lines = ["## Summary", "",
              "Headline figures of the latest run of each benchmark (details, plots and "
-             "commands in the sections below; `.venv/bin/python bench/summary.py` rewrites "
+             "commands in the sections below; `.venv/bin/python -m bench.summary` rewrites "
              "this table from `bench/results/`).", "",
              "| figure | measured | target | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]

@@ -6,7 +6,7 @@ go silent at once: they stop sending anything (protocol pongs included) but keep
 reading, so each records when its close frame arrives. The server's own 'silent for'
 log lines are counted too.
 
-    .venv/bin/python bench/zombies.py [--clients 1000]
+    .venv/bin/python -m bench.zombies [--clients 1000]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import re
 import time
 
-import benchlib as bl
+from bench import benchlib as bl
 
 INTERVAL, TIMEOUT, TICK = 2.0, 2.0, 0.2
 
@@ -94,7 +94,7 @@ def render(data):
     return "\n".join([
         "## Zombie detection", "",
         bl.machine_line(data["machine"]), "",
-        f"Command: `.venv/bin/python bench/zombies.py --clients {a['clients']}` "
+        f"Command: `.venv/bin/python -m bench.zombies --clients {a['clients']}` "
         f"(results: `bench/results/zombies.json`).", "",
         f"{s['clients']:,} raw clients (rooms of 10, `bench/loadclient.py` on CPU 1) on one "
         f"Daphne process (CPU 0, in-memory layer) with `HEARTBEAT_INTERVAL={INTERVAL:g}`, "

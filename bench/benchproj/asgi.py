@@ -12,7 +12,7 @@ import time
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchproj.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", f"{__package__}.settings")
 django_asgi_app = get_asgi_application()
 
 if os.environ.get("BENCH_GC_THRESHOLD"):
@@ -39,8 +39,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from benchproj.consumers import BareConsumer, PeerDbConsumer  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
+
+from .consumers import BareConsumer, PeerDbConsumer  # noqa: E402
 
 # The same middleware stack as the demo for every route, so only the consumer differs.
 application = ProtocolTypeRouter({

@@ -3,6 +3,11 @@
 Everything the demo reads from the environment still applies (REDIS_URL, HEARTBEAT_*,
 PRESENCE_*). Channel-layer keys get the BENCH_LAYER_PREFIX, so a benchmark run can
 delete exactly what it wrote.
+
+The servers import this package as ``benchproj`` (bench/ on their PYTHONPATH); the
+benchmarks that set Django up in their own process import it as ``bench.benchproj``.
+It names itself after whichever it was imported as; its app label is ``benchproj``
+either way.
 """
 
 import os
@@ -10,8 +15,8 @@ import os
 from project.settings import *  # noqa: F403
 from project.settings import CHANNEL_LAYERS, INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "benchproj"]
-ASGI_APPLICATION = "benchproj.asgi.application"
+INSTALLED_APPS = [*INSTALLED_APPS, __package__]
+ASGI_APPLICATION = f"{__package__}.asgi.application"
 
 if CHANNEL_LAYERS["default"]["BACKEND"].startswith("channels_redis."):
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = os.environ.get(
