@@ -1,11 +1,16 @@
-"""Real server processes for the end-to-end tests and the benchmarks.
+"""Real server processes for the end-to-end tests and the benchmarks, and the tests' time unit.
 
 Daphne or uvicorn on a free loopback port, with its log in a file; ``bench/benchlib.py``
-builds its pinned servers on the same class.
+builds its pinned servers on the same class. Every real wait of the end-to-end, fault and
+browser tests (timeouts, deadlines, polling limits) goes through ``scaled()``: set
+``HEARTBEAT_TEST_TIME_FACTOR=3`` on a slow or busy machine and they all wait three times
+as long. The heartbeat settings given to the servers are behaviour under test and are
+never scaled.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -18,7 +23,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-START_TIMEOUT = 30.0  # seconds until a started server must listen
+def _time_factor() -> float:
+    raw = os.environ.get("HEARTBEAT_TEST_TIME_FACTOR", "1")
+    try:
+        factor = float(raw)
+    except ValueError:
+        factor = math.nan
+    if not (math.isfinite(factor) and factor > 0):
+        raise RuntimeError(
+            f"HEARTBEAT_TEST_TIME_FACTOR must be a positive number such as 1 or 2.5, "
+            f"not {raw!r}."
+        )
+    return factor
+
+
+#: How much longer than nominal the tests wait, from HEARTBEAT_TEST_TIME_FACTOR (default 1).
+TIME_FACTOR = _time_factor()
+
+
+def scaled(seconds: float) -> float:
+    """A wait of ``seconds`` on a nominal machine, scaled by HEARTBEAT_TEST_TIME_FACTOR.
+
+    The one unit of real waiting, as the websockets test suite scales its ``MS``.
+    """
+    return seconds * TIME_FACTOR
+
+
+START_TIMEOUT = scaled(30.0)  # seconds until a started server must listen
+STOP_GRACE = scaled(10.0)  # seconds between SIGTERM and SIGKILL
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,7 +71,7 @@ def wait_for_port(host: str, port: int, deadline: float) -> bool:
     return False
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
     """Terminate a process, kill it if it lingers past ``grace`` seconds, reap it."""
     if proc.poll() is None:
         proc.terminate()
@@ -58,7 +90,7 @@ class ServerProcess:
     """
 
     app = "project.asgi:application"
-    stop_grace = 10.0
+    stop_grace = STOP_GRACE
 
     def __init__(self, log_dir: Path, env: dict[str, str], *, kind: str = "daphne",
                  name: str = "server", host: str = "127.0.0.1", port: int | None = None):
@@ -126,7 +158,7 @@ class ServerProcess:
 
     def kill9(self) -> None:
         self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=scaled(10))
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, free_port, server_env, stop_process
+from tests.servers import ServerProcess, free_port, scaled, server_env, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -31,6 +31,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 VIEWPORT = {"width": 1100, "height": 560}
 INTERVAL, TIMEOUT = 1.0, 1.0  # the module server's heartbeat, in seconds
 MEMBERS = "document.querySelectorAll('#hb-presence li[data-member]').length"
+
+
+def ms(seconds: float) -> float:
+    """A Playwright timeout, in milliseconds, for a wait of ``seconds``, scaled."""
+    return scaled(seconds) * 1000
 
 
 # Chromium over CDP ------------------------------------------------------------------------------
@@ -49,11 +54,12 @@ class Chromium:
              "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=log)
         log.close()
-        url = self._devtools_url(deadline=time.monotonic() + 30)
+        url = self._devtools_url(deadline=time.monotonic() + scaled(30))
         self.playwright = sync_playwright().start()
         # no_defaults: no focus emulation, which would keep every page "visible".
         self.browser = self.playwright.chromium.connect_over_cdp(url, no_defaults=True)
         self.context = self.browser.contexts[0]
+        self.context.set_default_timeout(ms(30))  # every wait without its own timeout
 
     def _devtools_url(self, deadline: float) -> str:
         while time.monotonic() < deadline:
@@ -86,7 +92,7 @@ class Chromium:
             "windowId": window, "bounds": {"windowState": "normal" if visible else "minimized"}})
         cdp.detach()
         state = "visible" if visible else "hidden"
-        page.wait_for_function(f"document.visibilityState === '{state}'", timeout=5000)
+        page.wait_for_function(f"document.visibilityState === '{state}'", timeout=ms(5))
 
     def close(self) -> None:
         try:
@@ -149,7 +155,7 @@ class FreezeProxy:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        assert self.ready.wait(5), "proxy did not start"
+        assert self.ready.wait(scaled(5)), "proxy did not start"
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
@@ -187,17 +193,17 @@ class FreezeProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def stop(self):
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(scaled(5))
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.thread.join(scaled(5))
         self.loop.close()
 
 
 # Helpers ----------------------------------------------------------------------------------------
 
 
-def wait_state(page, state, timeout=10000):
-    page.wait_for_selector(f"#hb-status[data-state={state}]", timeout=timeout)
+def wait_state(page, state, timeout=10.0):
+    page.wait_for_selector(f"#hb-status[data-state={state}]", timeout=ms(timeout))
 
 
 def member_keys(page):
@@ -247,7 +253,7 @@ def test_second_page_appears_in_presence_and_leaves_when_closed(server, pages):
     closed_at = time.monotonic()
     second.close()
     first.wait_for_selector(f'#hb-presence li[data-member="{key}"]', state="detached",
-                            timeout=5000)
+                            timeout=ms(5))
     gone = time.monotonic() - closed_at
     assert member_keys(first) == [own_key(first)]
     first.wait_for_selector("#hb-chat li.system:text('left (closed)')")
@@ -272,7 +278,7 @@ def test_hidden_page_shows_hidden_and_becoming_visible_sends_a_probe(
 
         hidden_at = time.monotonic()
         chromium.set_visible(watched, False)
-        watcher.wait_for_selector(f'{row}[data-visible="false"]', timeout=5000)
+        watcher.wait_for_selector(f'{row}[data-visible="false"]', timeout=ms(5))
         seen_hidden = time.monotonic() - hidden_at
         chat(watcher, "Try hiding this tab: the list shows who is looking.")
         watcher.wait_for_selector("#hb-chat li.mine")
@@ -280,7 +286,7 @@ def test_hidden_page_shows_hidden_and_becoming_visible_sends_a_probe(
 
         shown_at = time.monotonic()
         chromium.set_visible(watched, True)
-        watcher.wait_for_selector(f'{row}[data-visible="true"]', timeout=5000)
+        watcher.wait_for_selector(f'{row}[data-visible="true"]', timeout=ms(5))
         probes = [t - shown_at for t, frame in sent
                   if t >= shown_at and '"type":"ping"' in frame and '"visible":true' in frame]
         assert probes, f"no probe ping after the page became visible: {sent}"
@@ -311,12 +317,12 @@ def test_server_killed_and_restarted_reconnects_and_restores_presence(
 
         killed_at = time.monotonic()
         first_server.kill9()
-        wait_state(one, "reconnecting", timeout=5000)
+        wait_state(one, "reconnecting", timeout=5)
         noticed = time.monotonic() - killed_at
         one.wait_for_function(
             "/^Reconnecting in \\d+ s…$/"
             ".test(document.querySelector('#hb-status .status-text').textContent)",
-            timeout=5000)
+            timeout=ms(5))
         one.screenshot(path=str(shots / "demo-reconnecting.png"))
         time.sleep(1.0)
         attempts = one.evaluate("demo.sock.attempt")
@@ -326,12 +332,12 @@ def test_server_killed_and_restarted_reconnects_and_restores_presence(
         second_server = ServerProcess(tmp_path, env, name="after", port=port).start()
         restarted_at = time.monotonic()
         for page in (one, two):
-            wait_state(page, "open", timeout=30000)
+            wait_state(page, "open", timeout=30)
         back = time.monotonic() - restarted_at
         for page in (one, two):
-            page.wait_for_function(f"{MEMBERS} === 2", timeout=5000)
+            page.wait_for_function(f"{MEMBERS} === 2", timeout=ms(5))
         assert member_keys(one) == before == member_keys(two), "same tabs, same member keys"
-        one.wait_for_function("demo.sock.attempt === 0", timeout=5000)
+        one.wait_for_function("demo.sock.attempt === 0", timeout=ms(5))
         print(f"\nkill noticed after {noticed * 1000:.0f} ms; {attempts} attempts while down; "
               f"both pages open {back:.2f} s after the restart")
     finally:
@@ -354,7 +360,7 @@ def test_frozen_peer_is_detected_within_interval_plus_timeout(server, pages):
         frozen_at = page.evaluate("Date.now()")
         proxy.frozen = True
         bound_ms = (INTERVAL + TIMEOUT) * 1000
-        page.wait_for_function("window.lost !== null", timeout=bound_ms + 3000)
+        page.wait_for_function("window.lost !== null", timeout=ms(INTERVAL + TIMEOUT + 3))
         lost = page.evaluate("window.lost")
         detected_ms = lost["at"] - frozen_at
         assert lost["code"] == 4408 and lost["reason"] == "heartbeat timeout", lost
@@ -363,7 +369,7 @@ def test_frozen_peer_is_detected_within_interval_plus_timeout(server, pages):
         assert detected_ms <= bound_ms + 250, detected_ms
         assert page.get_attribute("#hb-status", "data-state") == "reconnecting"
         proxy.frozen = False
-        wait_state(page, "open", timeout=20000)
+        wait_state(page, "open", timeout=20)
         print(f"\nfrozen peer detected after {detected_ms} ms "
               f"(interval + timeout = {bound_ms:.0f} ms)")
     finally:

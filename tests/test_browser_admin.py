@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.servers import ROOT, ServerProcess, server_env
+from tests.servers import ROOT, ServerProcess, scaled, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -26,15 +25,15 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--disable-dev-shm-usage", "--disable-quic"]
-CLIENT = str(Path(__file__).parent / "clients" / "well_behaved.py")
 ROOM = "ops-demo"  # its own room, so the pages show only this test's sessions
 INTERVAL = 2.0  # stale after 2-2.5 s of silence, zombie after 6 s (3 intervals)
 
 
 def start_client(server, tab, every="0.5"):
     proc = subprocess.Popen(
-        [sys.executable, CLIENT, f"{server.url}/ws/rooms/{ROOM}/?tab={tab}", server.origin,
-         every], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        [sys.executable, "-m", "tests.clients.well_behaved",
+         f"{server.url}/ws/rooms/{ROOM}/?tab={tab}", server.origin, every],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
     hello = json.loads(proc.stdout.readline())
     return proc, hello["session"]
 
@@ -57,6 +56,7 @@ def test_frozen_client_is_listed_as_a_zombie(admin_db, tmp_path, shots):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
             page = browser.new_page(viewport={"width": 1700, "height": 620})
+            page.set_default_timeout(scaled(30) * 1000)  # every wait, navigation included
             base = f"http://{server.host}:{server.port}"
             page.goto(f"{base}/admin/login/?next=/admin/heartbeat_app/session/")
             page.fill("#id_username", ADMIN_USER)

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ServerProcess, server_env
+from tests.servers import ServerProcess, scaled, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -30,7 +30,7 @@ class AdminBrowser:
         return next(c.value for c in self.jar if c.name == "csrftoken")
 
     def get(self, path):
-        with self.opener.open(self.base + path, timeout=10) as response:
+        with self.opener.open(self.base + path, timeout=scaled(10)) as response:
             return response.read().decode()
 
     def post(self, path, data):
@@ -38,7 +38,7 @@ class AdminBrowser:
                                       doseq=True).encode()
         request = urllib.request.Request(self.base + path, data=body,
                                          headers={"Referer": self.base + path})
-        with self.opener.open(request, timeout=10) as response:
+        with self.opener.open(request, timeout=scaled(10)) as response:
             return response.read().decode()
 
     def login(self, username, password):
@@ -63,7 +63,7 @@ async def test_disconnect_action_reaches_a_session_on_another_process(admin_db, 
         browser = AdminBrowser(f"http://{a.host}:{a.port}")
         await asyncio.to_thread(browser.login, "ops", "ops-pass")
         page = ""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while hello["session"][:8] not in page and time.monotonic() < deadline:
             page = await asyncio.to_thread(browser.get,
                                            "/admin/heartbeat_app/session/?status=live")
@@ -72,13 +72,13 @@ async def test_disconnect_action_reaches_a_session_on_another_process(admin_db, 
         await asyncio.to_thread(browser.post, "/admin/heartbeat_app/session/", {
             "action": "disconnect_sessions", "_selected_action": [hello["session"]]})
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(scaled(10)):
                 async for _ in ws:
                     pass
         except ConnectionClosed:
             pass
         assert ws.close_code == 4000
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while time.monotonic() < deadline:
             page = await asyncio.to_thread(
                 browser.get, f"/admin/heartbeat_app/session/{hello['session']}/change/")

@@ -11,13 +11,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ROOT, ServerProcess, server_env
+from tests.servers import ROOT, ServerProcess, scaled, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +25,6 @@ INTERVAL, TIMEOUT, TICK = 1.0, 1.0, 0.1
 # process wake-ups and log polling on a shared two-core machine.
 SLACK = 0.3
 BOUND = INTERVAL + TIMEOUT + TICK
-CLIENT = str(Path(__file__).parent / "clients" / "well_behaved.py")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -91,7 +89,7 @@ async def silent_until_closed(server):
         hello = json.loads(await ws.recv())
         greeted = time.monotonic()
         try:
-            async with asyncio.timeout(BOUND + 5):
+            async with asyncio.timeout(scaled(BOUND + 5)):
                 async for raw in ws:
                     probes.append(json.loads(raw))
         except ConnectionClosed:
@@ -116,12 +114,13 @@ async def test_silent_client_is_closed_with_4408_within_the_bound(daphne):
     pings = [p for p in probes if p["type"] == "ping"]
     assert len(pings) == 1, "exactly one probe before the close"
     assert INTERVAL + TIMEOUT - 0.05 <= elapsed <= BOUND + SLACK
-    assert daphne.wait_for_log(f"heartbeat session {hello['session']} silent for", 2)
+    assert daphne.wait_for_log(f"heartbeat session {hello['session']} silent for", scaled(2))
 
 
 async def test_frozen_client_is_closed_as_a_zombie(daphne):
     client = subprocess.Popen(
-        [sys.executable, CLIENT, room_url(daphne), daphne.origin, "0.3"],
+        [sys.executable, "-m", "tests.clients.well_behaved", room_url(daphne), daphne.origin,
+         "0.3"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     try:
@@ -132,7 +131,7 @@ async def test_frozen_client_is_closed_as_a_zombie(daphne):
         assert "silent for" not in daphne.log()
         client.send_signal(__import__("signal").SIGSTOP)
         frozen = time.monotonic()
-        seen = daphne.wait_for_log(f"heartbeat session {hello['session']} silent for", 10)
+        seen = daphne.wait_for_log(f"heartbeat session {hello['session']} silent for", scaled(10))
         assert seen is not None, daphne.log()
         elapsed = seen - frozen
         print(f"\n[daphne] SIGSTOP'd client closed {elapsed:.3f} s after the freeze "
@@ -141,7 +140,7 @@ async def test_frozen_client_is_closed_as_a_zombie(daphne):
     finally:
         client.send_signal(__import__("signal").SIGCONT)
         try:
-            out, _ = client.communicate(timeout=15)
+            out, _ = client.communicate(timeout=scaled(15))
         except subprocess.TimeoutExpired:
             client.kill()
             out, _ = client.communicate()
@@ -151,7 +150,7 @@ async def test_frozen_client_is_closed_as_a_zombie(daphne):
 
 async def _healthy_client(server, stop, counters, index):
     async with connect(room_url(server, tab=f"c{index}"), origin=server.origin,
-                       ping_interval=None, open_timeout=30) as ws:
+                       ping_interval=None, open_timeout=scaled(30)) as ws:
         json.loads(await ws.recv())
         counters["open"] += 1
         try:
@@ -174,7 +173,7 @@ async def test_200_concurrent_clients_no_false_zombie(daphne):
     stop = asyncio.Event()
     counters = {"open": 0, "probes": 0, "closed": []}
     tasks = [asyncio.create_task(_healthy_client(daphne, stop, counters, i)) for i in range(200)]
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(scaled(60)):
         while counters["open"] < 200:
             await asyncio.sleep(0.05)
     await asyncio.sleep(3 * (INTERVAL + TIMEOUT))
@@ -192,7 +191,7 @@ async def test_server_stall_does_not_close_healthy_clients(daphne):
     stop = asyncio.Event()
     counters = {"open": 0, "probes": 0, "closed": []}
     tasks = [asyncio.create_task(_healthy_client(daphne, stop, counters, i)) for i in range(50)]
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(scaled(30)):
         while counters["open"] < 50:
             await asyncio.sleep(0.05)
     await asyncio.sleep(INTERVAL)

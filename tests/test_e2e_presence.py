@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from heartbeat_app.options import anonymous_token
 from heartbeat_app.stores.redis import RedisStore
-from tests.servers import ServerProcess, free_port, server_env, wait_for_port
+from tests.servers import ServerProcess, free_port, scaled, server_env, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -159,9 +159,10 @@ async def test_two_processes_see_the_same_members_and_leaves(two_servers):
     on_a = await open_view(a, "tab-a")
     on_b = await open_view(b, "tab-b")
     both = {"anon:tab-a", "anon:tab-b"}
-    assert await until(lambda: set(on_a.members()) == both and set(on_b.members()) == both, 5)
+    assert await until(
+        lambda: set(on_a.members()) == both and set(on_b.members()) == both, scaled(5))
     await on_a.ws.close(code=1000)
-    assert await until(lambda: set(on_b.members()) == {"anon:tab-b"}, 5)
+    assert await until(lambda: set(on_b.members()) == {"anon:tab-b"}, scaled(5))
     assert ("anon:tab-a", "closed") in [(k, r) for _, k, r in on_b.leaves]
     await on_b.ws.close()
 
@@ -171,10 +172,10 @@ async def test_kill_9_of_a_worker_leaves_no_ghost(two_servers, shared_redis_url,
     _victims = [await open_view(a, f"a{i}") for i in range(5)]  # held open on A until it dies
     survivor = await open_view(b, "b0")
     expected = {f"anon:a{i}" for i in range(5)} | {"anon:b0"}
-    assert await until(lambda: set(survivor.members()) == expected, 5)
+    assert await until(lambda: set(survivor.members()) == expected, scaled(5))
     a.kill9()
     killed = time.monotonic()
-    assert await until(lambda: set(survivor.members()) == {"anon:b0"}, KILL_BOUND + 5)
+    assert await until(lambda: set(survivor.members()) == {"anon:b0"}, scaled(KILL_BOUND + 5))
     last_leave = max(t for t, key, _ in survivor.leaves if key.startswith("anon:a"))
     elapsed = last_leave - killed
     reasons = {r for _, key, r in survivor.leaves if key.startswith("anon:a")}
@@ -213,7 +214,7 @@ def own_redis(tmp_path):
              "--appendonly", "no", "--dir", str(tmp_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        assert wait_for_port("127.0.0.1", port, time.monotonic() + 10)
+        assert wait_for_port("127.0.0.1", port, time.monotonic() + scaled(10))
         return proc
 
     holder = {"proc": start(), "start": start, "url": f"redis://127.0.0.1:{port}/0"}
@@ -228,7 +229,7 @@ async def test_redis_restart_pings_answered_and_presence_rebuilt(own_redis, migr
     try:
         one = await open_view(server, "one")
         two = await open_view(server, "two")
-        assert await until(lambda: set(one.members()) == {"anon:one", "anon:two"}, 5)
+        assert await until(lambda: set(one.members()) == {"anon:one", "anon:two"}, scaled(5))
         states_before = one.state_count
         own_redis["proc"].kill()
         own_redis["proc"].wait()
@@ -238,8 +239,8 @@ async def test_redis_restart_pings_answered_and_presence_rebuilt(own_redis, migr
         assert pongs_during >= 5, "pings must be answered while Redis is down"
         assert one.closed is None and two.closed is None
         own_redis["proc"] = own_redis["start"]()  # back, and empty
-        assert await until(lambda: one.state_count > states_before, 10), server.log()
-        assert await until(lambda: set(one.members()) == {"anon:one", "anon:two"}, 5)
+        assert await until(lambda: one.state_count > states_before, scaled(10)), server.log()
+        assert await until(lambda: set(one.members()) == {"anon:one", "anon:two"}, scaled(5))
         store = RedisStore(own_redis["url"], prefix=prefix)
         try:
             assert set(await store.members("lobby")) == {"anon:one", "anon:two"}
@@ -272,9 +273,10 @@ async def test_storm_of_1000_connects_fails_no_handshake(migrated_db, shared_red
         async with gate:
             try:
                 ws = await connect(f"{server.url}/ws/rooms/r{i % 10}/?tab=s{i}",
-                                   origin=server.origin, ping_interval=None, open_timeout=30)
-                hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                state = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                                   origin=server.origin, ping_interval=None,
+                                   open_timeout=scaled(30))
+                hello = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
+                state = json.loads(await asyncio.wait_for(ws.recv(), scaled(30)))
             except Exception as exc:
                 failures.append(repr(exc))
                 return
@@ -292,7 +294,8 @@ async def test_storm_of_1000_connects_fails_no_handshake(migrated_db, shared_red
         assert len(opened) == 1000 and states == 1000
         store = RedisStore(shared_redis_url, prefix=prefix)
         try:
-            assert await until_async(lambda: store.rooms(), {f"r{i}": 100 for i in range(10)}, 10)
+            assert await until_async(lambda: store.rooms(), {f"r{i}": 100 for i in range(10)},
+                                      scaled(10))
         finally:
             await store.close()
         assert "Traceback" not in server.log()

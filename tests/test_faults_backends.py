@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from heartbeat_app.stores.redis import RedisStore
-from tests.servers import ServerProcess, free_port, server_env, wait_for_port
+from tests.servers import ServerProcess, free_port, scaled, server_env, wait_for_port
 from tests.test_e2e_presence import open_view, presence_env, until
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def sqlite_path(database_url: str) -> Path:
 def rows(path: Path, ids) -> dict[str, tuple]:
     """id -> (opened_at, closed_at, close_code, close_reason) for the sessions asked."""
     ids = list(ids)
-    with sqlite3.connect(path, timeout=5) as db:
+    with sqlite3.connect(path, timeout=scaled(5)) as db:
         found = db.execute(
             "SELECT id, opened_at, closed_at, close_code, close_reason FROM heartbeat_app_session"
             f" WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
@@ -74,9 +74,9 @@ async def test_database_away_heartbeats_and_presence_go_on_and_rows_catch_up(own
         early = await open_view(server, "early")
         stays = await open_view(server, "stays")
         views += [early, stays]
-        assert await until(lambda: early.hello and stays.hello, 5)
+        assert await until(lambda: early.hello and stays.hello, scaled(5))
         ids = {"early": early.hello["session"], "stays": stays.hello["session"]}
-        assert await until(lambda: len(rows(own_database, ids.values())) == 2, 5)
+        assert await until(lambda: len(rows(own_database, ids.values())) == 2, scaled(5))
 
         directory.rename(away)  # the database is gone: every connection attempt fails
         outage = time.monotonic()
@@ -86,13 +86,15 @@ async def test_database_away_heartbeats_and_presence_go_on_and_rows_catch_up(own
             brief = await open_view(server, "brief")
             late = await open_view(server, "late")
             views += [brief, late]
-            assert await until(lambda: brief.hello and late.hello, 5)
+            assert await until(lambda: brief.hello and late.hello, scaled(5))
             ids["brief"], ids["late"] = brief.hello["session"], late.hello["session"]
             # Presence goes on: the stayer sees the newcomers and the early leaver go.
             assert await until(
-                lambda: set(stays.members()) == {"anon:stays", "anon:brief", "anon:late"}, 5)
+                lambda: set(stays.members()) == {"anon:stays", "anon:brief", "anon:late"},
+                scaled(5))
             await brief.ws.close()
-            assert await until(lambda: set(stays.members()) == {"anon:stays", "anon:late"}, 5)
+            assert await until(lambda: set(stays.members()) == {"anon:stays", "anon:late"},
+                               scaled(5))
             await asyncio.sleep(1.0)
             pongs_during = stays.pongs - pongs_before
             assert pongs_during >= 5, "pings must be answered while the database is away"
@@ -108,7 +110,7 @@ async def test_database_away_heartbeats_and_presence_go_on_and_rows_catch_up(own
                     and all(found[ids[k]][1] is not None for k in ("early", "brief"))
                     and all(found[ids[k]][1] is None for k in ("stays", "late")))
 
-        assert await until(caught_up, 10), rows(own_database, ids.values())
+        assert await until(caught_up, scaled(10)), rows(own_database, ids.values())
         caught_up_after = time.monotonic() - back
         found = rows(own_database, ids.values())
         print(f"\n[database] away for {down_for:.2f} s: {pongs_during} pongs answered meanwhile;"
@@ -119,7 +121,7 @@ async def test_database_away_heartbeats_and_presence_go_on_and_rows_catch_up(own
         assert found[ids["brief"]][0] is not None
         assert caught_up_after <= 5.0
         # The line is logged right after the write commits: give it a moment.
-        assert server.wait_for_log("session rows written again after an outage", 5)
+        assert server.wait_for_log("session rows written again after an outage", scaled(5))
         log = server.log()
         assert log.count("session rows not written, will retry") == 1
         assert "Traceback" not in log
@@ -138,7 +140,7 @@ def own_redis(tmp_path):
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert wait_for_port("127.0.0.1", port, time.monotonic() + 10)
+    assert wait_for_port("127.0.0.1", port, time.monotonic() + scaled(10))
     yield proc, f"redis://127.0.0.1:{port}/0"
     proc.send_signal(signal.SIGCONT)
     proc.kill()
@@ -160,7 +162,7 @@ async def test_redis_frozen_while_a_session_leaves_leaves_no_ghost(own_redis, mi
         stays = await open_view(server, "stays")
         goes = await open_view(server, "goes")
         views += [stays, goes]
-        assert await until(lambda: set(stays.members()) == {"anon:stays", "anon:goes"}, 5)
+        assert await until(lambda: set(stays.members()) == {"anon:stays", "anon:goes"}, scaled(5))
         redis_proc.send_signal(signal.SIGSTOP)
         frozen = time.monotonic()
         pongs_before = stays.pongs
@@ -171,7 +173,8 @@ async def test_redis_frozen_while_a_session_leaves_leaves_no_ghost(own_redis, mi
         thawed = time.monotonic()
         assert pongs_during >= 5, "pings must be answered while Redis is frozen"
         assert stays.closed is None
-        assert await until(lambda: set(stays.members()) == {"anon:stays"}, 20), server.log()
+        assert await until(lambda: set(stays.members()) == {"anon:stays"}, scaled(20)), \
+            server.log()
         gone_after = time.monotonic() - thawed
         store = RedisStore(redis_url, prefix=prefix)
         try:
@@ -214,21 +217,21 @@ async def test_a_consumer_that_raises_is_recorded_server_error_and_hurts_nobody_
         victim = await connect(f"{server.url}/ws/crash/{room}/?tab=victim",
                                origin=server.origin, ping_interval=None)
         hello = json.loads(await victim.recv())
-        assert await until(lambda: all(set(v.members()) == keys for v in views), 5)
+        assert await until(lambda: all(set(v.members()) == keys for v in views), scaled(5))
         pongs_before = [v.pongs for v in views]
         await victim.send(json.dumps({"type": "crash"}))
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(scaled(5)):
                 async for _ in victim:
                     pass
         except ConnectionClosed:
             pass
         assert victim.close_code == 1011
-        assert await until(lambda: all("anon:victim" not in v.members() for v in views), 5)
+        assert await until(lambda: all("anon:victim" not in v.members() for v in views), scaled(5))
         await asyncio.sleep(1.0)
         path = sqlite_path(migrated_db)
         assert await until(lambda: rows(path, [hello["session"]]).get(hello["session"], (0, 0))[1]
-                           is not None, 5)
+                           is not None, scaled(5))
         row = rows(path, [hello["session"]])[hello["session"]]
         gained = [v.pongs - before for v, before in zip(views, pongs_before, strict=True)]
         print(f"\n[crash] the raising consumer's client got {victim.close_code}; its row "

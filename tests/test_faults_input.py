@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +26,7 @@ from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.servers import ROOT, ServerProcess, server_env
+from tests.servers import ROOT, ServerProcess, scaled, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +40,6 @@ RTT_P99_BOUND_MS = 250.0
 MAX_PONG_GAP = 1.0
 # During a flood of 25,000 frames the one process is saturated for under a second.
 FLOOD_MAX_GAP = 2.0
-PINGER = str(Path(__file__).parent / "clients" / "pinger.py")
 
 
 def percentile(values, q):
@@ -54,13 +52,14 @@ class Healthy:
 
     def __init__(self, server, room, every):
         self.proc = subprocess.Popen(
-            [sys.executable, PINGER, f"{server.url}/ws/rooms/{room}/?tab=healthy",
-             server.origin, str(every)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            [sys.executable, "-m", "tests.clients.pinger",
+             f"{server.url}/ws/rooms/{room}/?tab=healthy", server.origin, str(every)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.samples: list[tuple[float, float]] = []  # (when, rtt ms)
         self.closed = None
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        assert self.ready.wait(30), "the healthy session did not connect"
+        assert self.ready.wait(scaled(30)), "the healthy session did not connect"
 
     def _read(self):
         for line in self.proc.stdout:
@@ -81,7 +80,7 @@ class Healthy:
 
     def finish(self):
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=scaled(10))
         assert self.closed is None, f"the healthy session was closed: {self.closed}"
 
 
@@ -174,8 +173,8 @@ class Attacker:
     def connection(self):
         if self.ws is None:
             self.ws = connect(self.url, origin=self.origin, ping_interval=None,
-                              max_size=None, open_timeout=20).__enter__()
-            assert json.loads(self.ws.recv(timeout=10))["type"] == "hello"
+                              max_size=None, open_timeout=scaled(20)).__enter__()
+            assert json.loads(self.ws.recv(timeout=scaled(10)))["type"] == "hello"
         return self.ws
 
     def send(self, payload):
@@ -189,7 +188,7 @@ class Attacker:
         replies, fenced = [], set()
         while fenced != {"pong", "chat"}:
             try:
-                message = json.loads(ws.recv(timeout=20))
+                message = json.loads(ws.recv(timeout=scaled(20)))
             except ConnectionClosed:
                 self.ws = None
                 raise AssertionError(
@@ -269,18 +268,18 @@ def test_fuzzed_frames_get_errors_no_traceback_and_other_sessions_keep_their_pon
 
 def test_a_frame_over_daphnes_limit_is_refused_without_a_traceback(server):
     with connect(f"{server.url}/ws/rooms/big/", origin=server.origin, ping_interval=None) as ws:
-        ws.recv(timeout=10)
+        ws.recv(timeout=scaled(10))
         ws.send('{"type":"ping","id":"' + "x" * (1024 * 1024 + 1) + '"}')
         try:
             while True:
-                ws.recv(timeout=10)
+                ws.recv(timeout=scaled(10))
         except ConnectionClosed:
             pass
         # 1009 (message too big) when the close frame makes it back; 1006 when Daphne
         # drops the connection while the client is still writing the frame.
         assert ws.close_code in {1009, 1006}
     with connect(f"{server.url}/ws/rooms/big/", origin=server.origin) as ws:
-        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        assert json.loads(ws.recv(timeout=scaled(10)))["type"] == "hello"
     assert "Traceback" not in server.log()
 
 
@@ -319,7 +318,7 @@ async def test_ping_flood_gets_4429_and_other_sessions_keep_their_pongs(migrated
                         sent += 1
                 except ConnectionClosed:
                     pass
-                async with asyncio.timeout(15):
+                async with asyncio.timeout(scaled(15)):
                     await reading
                 return sent, seen["pongs"], seen["notice"], ws.close_code, time.monotonic()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, server_env, stop_process
+from tests.servers import ROOT, scaled, server_env, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +37,12 @@ SLACK = 0.3
 SERVER_ADDR, CLIENT_ADDR, PREFIX = "192.0.2.1", "192.0.2.2", 24
 PORT = 8000  # the namespaces are empty: any port is free there
 VETH = "hbveth"
-WATCHER = str(Path(__file__).parent / "clients" / "watcher.py")
+WATCHER = [sys.executable, "-m", "tests.clients.watcher"]
+LIFETIME = "40"  # seconds the watchers stay; they scale it
 
 
 def ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=scaled(10))
 
 
 def namespaces_unavailable() -> str | None:
@@ -147,7 +148,7 @@ def joined(watcher: Proc, key: str) -> bool:
 
 def session_row(database_url: str, session_id: str):
     path = database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path, timeout=5) as db:
+    with sqlite3.connect(path, timeout=scaled(5)) as db:
         return db.execute(
             "SELECT close_code, close_reason, closed_at FROM heartbeat_app_session WHERE id = ?",
             (session_id,),
@@ -169,20 +170,21 @@ def test_link_cut_mid_session_is_closed_4408_with_presence_leave_and_admin_row(
     room = f"lift-{uuid.uuid4().hex[:6]}"
     watchers: list[Proc] = []
     try:
-        assert until(lambda: "Listening on TCP address" in log.read_text(errors="replace"), 30), \
+        assert until(lambda: "Listening on TCP address" in log.read_text(errors="replace"),
+                     scaled(30)), \
             log.read_text(errors="replace")
-        observer = Proc(server_ns, [sys.executable, WATCHER,
+        observer = Proc(server_ns, [*WATCHER,
                                     f"ws://127.0.0.1:{PORT}/ws/rooms/{room}/?tab=observer",
-                                    f"http://127.0.0.1:{PORT}", str(PING_EVERY), "40"], env)
+                                    f"http://127.0.0.1:{PORT}", str(PING_EVERY), LIFETIME], env)
         watchers.append(observer)
-        victim = Proc(client_ns, [sys.executable, WATCHER,
+        victim = Proc(client_ns, [*WATCHER,
                                   f"ws://{SERVER_ADDR}:{PORT}/ws/rooms/{room}/?tab=victim",
-                                  f"http://{SERVER_ADDR}:{PORT}", str(PING_EVERY), "40"], env)
+                                  f"http://{SERVER_ADDR}:{PORT}", str(PING_EVERY), LIFETIME], env)
         watchers.append(victim)
         hello = until(lambda: next((m["msg"] for m in victim.messages()
-                                    if m.get("msg", {}).get("type") == "hello"), None), 20)
+                                    if m.get("msg", {}).get("type") == "hello"), None), scaled(20))
         assert hello, victim.lines
-        assert until(lambda: joined(observer, "anon:victim"), 10), observer.lines
+        assert until(lambda: joined(observer, "anon:victim"), scaled(10)), observer.lines
 
         # Healthy over the link for longer than interval + timeout: no false zombie.
         time.sleep(INTERVAL + TIMEOUT + 0.5)
@@ -197,13 +199,14 @@ def test_link_cut_mid_session_is_closed_4408_with_presence_leave_and_admin_row(
 
         needle = f"heartbeat session {hello['session']} silent for"
         seen = until(lambda: needle in log.read_text(errors="replace") and time.monotonic(),
-                     BOUND + 5, step=0.005)
+                     scaled(BOUND + 5), step=0.005)
         assert seen, log.read_text(errors="replace")
         closed_after = seen - cut
-        left = until(lambda: leave_of(observer, "anon:victim"), 5)
+        left = until(lambda: leave_of(observer, "anon:victim"), scaled(5))
         assert left, observer.lines
         leave_after = left[0] - cut
-        row = until(lambda: (r := session_row(migrated_db, hello["session"])) and r[2] and r, 5)
+        row = until(lambda: (r := session_row(migrated_db, hello["session"])) and r[2] and r,
+                    scaled(5))
         print(f"\n[lift] link cut -> 4408 close after {closed_after:.3f} s, presence leave on "
               f"the observer after {leave_after:.3f} s (bound {BOUND} s + {SLACK} s slack; "
               f"last ping at most {PING_EVERY} s before the cut); admin row {row[:2]}")

@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ServerProcess, free_port, server_env, wait_for_port
+from tests.servers import ServerProcess, free_port, scaled, server_env, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -94,7 +94,7 @@ class Nginx:
         self.proc = subprocess.Popen(
             [binary, "-c", str(self.conf), "-p", str(self.tmp), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "stderr.log", "wb"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         if not all(wait_for_port("127.0.0.1", port, deadline) for port in self.ports):
             self.stop()
             raise RuntimeError(f"nginx did not start: {self.errors()}")
@@ -108,7 +108,7 @@ class Nginx:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=scaled(5))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

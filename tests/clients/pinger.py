@@ -1,12 +1,13 @@
 """A healthy session in its own process, measuring its ping round trips.
 
-Usage: python pinger.py URL ORIGIN PING_EVERY_SECONDS [LIFETIME_SECONDS]
+Usage: python -m tests.clients.pinger URL ORIGIN PING_EVERY_SECONDS [LIFETIME_SECONDS]
 
 Sends a ping, waits for its pong, sleeps PING_EVERY_SECONDS, and so on. Prints one
 JSON line per pong, ``{"t": <monotonic>, "rtt_ms": ...}``, answers probes, and prints
 ``{"t": ..., "closed": <code>}`` if the connection ends before the lifetime. Kept out
 of the test process so the test's own work (building megabyte frames, say) never
-shows up in the figures.
+shows up in the figures. LIFETIME_SECONDS (default 120) is scaled like every wait of
+the tests (HEARTBEAT_TEST_TIME_FACTOR).
 """
 
 import asyncio
@@ -17,13 +18,15 @@ import time
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.servers import scaled
+
 
 def report(**fields) -> None:
     print(json.dumps({"t": time.monotonic(), **fields}), flush=True)
 
 
 async def main(url: str, origin: str, every: float, lifetime: float) -> None:
-    async with connect(url, origin=origin, ping_interval=None, open_timeout=20) as ws:
+    async with connect(url, origin=origin, ping_interval=None, open_timeout=scaled(20)) as ws:
         json.loads(await ws.recv())  # hello
         report(ready=True)
         try:
@@ -50,4 +53,4 @@ async def main(url: str, origin: str, every: float, lifetime: float) -> None:
 
 if __name__ == "__main__":
     lifetime = float(sys.argv[4]) if len(sys.argv) > 4 else 120.0
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), lifetime))
+    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), scaled(lifetime)))

@@ -1,8 +1,9 @@
 """A well-behaved heartbeat client in its own process, for freezing with SIGSTOP.
 
-Usage: python well_behaved.py URL ORIGIN PING_EVERY_SECONDS
+Usage: python -m tests.clients.well_behaved URL ORIGIN PING_EVERY_SECONDS
 Prints the hello as one JSON line, answers probes, pings on its own, and prints
-``closed <code>`` when the connection ends. Exits by itself after 60 s at most.
+``closed <code>`` when the connection ends. Exits by itself after 60 s at most (scaled
+like every wait of the tests, HEARTBEAT_TEST_TIME_FACTOR).
 """
 
 import asyncio
@@ -12,7 +13,9 @@ import sys
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-LIFETIME = 60.0
+from tests.servers import scaled
+
+LIFETIME = scaled(60.0)
 
 
 async def main(url: str, origin: str, every: float) -> None:
