@@ -18,7 +18,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ROOT, ServerProcess, server_env
+from tests.servers import ROOT, ServerProcess, scaled, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -48,7 +48,7 @@ def logged_in_cookie(database_url: str, username: str) -> str:
         "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)")
     out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT,
                          env={**os.environ, **server_env(database_url)}, check=True,
-                         timeout=60, capture_output=True, text=True)
+                         timeout=scaled(60), capture_output=True, text=True)
     return f"sessionid={out.stdout.strip().splitlines()[-1]}"
 
 
@@ -143,24 +143,25 @@ async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db,
         returning_cookie = logged_in_cookie(migrated_db, f"returning-{kind}")
         returning = await Client(a, "tab-r", cookie=returning_cookie).start()
         leavers = [await Client(a, f"tab-{i}").start() for i in range(5)]
-        assert await until(lambda: len(observer.members) == 7, 10), observer.members
+        assert await until(lambda: len(observer.members) == 7, scaled(10)), observer.members
         returning_key = next(k for k in observer.members if not k.startswith("anon:"))
-        await asyncio.sleep(1.0)  # a checkpoint writes the rows
+        await asyncio.sleep(scaled(1.0))  # a checkpoint writes the rows
         sent = time.monotonic()
         a.proc.send_signal(signal.SIGTERM)
         # Every client of A is told to come back, with a hint within the spread.
         drained = [returning, *leavers]
         for client in drained:
-            await asyncio.wait_for(client.task, 5)
+            await asyncio.wait_for(client.task, scaled(5))
         closes = [c.ws.close_code for c in drained]
         hints = [c.notice["retry_after_ms"] for c in drained]
         assert closes == [4001] * 6
         assert all(200 <= h <= 200 + SPREAD * 1000 for h in hints), hints
         # The returning tab comes back at once, on B, as the same member: no blink.
         back = await Client(b, "tab-r", cookie=returning_cookie).start()
-        assert await until(lambda: back.hello is not None, 5)
+        assert await until(lambda: back.hello is not None, scaled(5))
         # The others leave within the grace, seen by the observer on B.
-        assert await until(lambda: len(observer.members) == 2, LEAVE_BOUND + SLACK + 5)
+        assert await until(lambda: len(observer.members) == 2,
+                           scaled(LEAVE_BOUND + SLACK + 5))
         last_leave = max(at for at, _ in observer.member_leaves) - sent
         print(f"\n[drain {kind}] 6 clients closed 4001, hints {sorted(hints)} ms; "
               f"last leave seen on B {last_leave:.2f} s after SIGTERM "
@@ -169,7 +170,7 @@ async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db,
         assert returning_key in observer.members
         assert returning_key not in [key for _, key in observer.member_leaves]
         # A exits by itself, its rows say server_shutdown and its instance is stopped.
-        a.proc.wait(timeout=20)
+        a.proc.wait(timeout=scaled(20))
         ids = [c.hello["session"] for c in drained]
         assert sorted(rows(migrated_db, ids)) == [(4001, "server_shutdown")] * 6
         assert len(stopped_instances(migrated_db)) >= 1

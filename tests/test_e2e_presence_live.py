@@ -11,7 +11,7 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from tests.servers import ServerProcess, server_env
+from tests.servers import ServerProcess, scaled, server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -37,7 +37,8 @@ class Peer:
     async def send(self, message):
         await self.ws.send(json.dumps(message))
 
-    async def wait_for(self, predicate, timeout=10.0):
+    async def wait_for(self, predicate, timeout=None):
+        timeout = scaled(10.0) if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + timeout
         seen = 0
         while asyncio.get_running_loop().time() < deadline:

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, scaled
 from tests.test_e2e_admin import AdminBrowser
 from tests.test_e2e_presence import View, presence_env, until
 
@@ -83,8 +83,8 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
     a, b = two_servers
     watcher = await Recording(a, "watcher").open()
     victim = await Recording(a, "victim-tab").open()
-    assert await until(lambda: victim.key and watcher.key, 5)
-    assert await until(lambda: set(watcher.members()) == {watcher.key, victim.key}, 5)
+    assert await until(lambda: victim.key and watcher.key, scaled(5))
+    assert await until(lambda: set(watcher.members()) == {watcher.key, victim.key}, scaled(5))
     seen = len(watcher.frames)
     # The thief knows the victim's tab id (and the victim's key's id) and sends both, from
     # the other process; it has no token the server signed for that key.
@@ -92,9 +92,9 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
     thief = Recording(b, "victim-tab")
     thief.url = thief.url.removesuffix("&anon=") + f"&anon={quote(anon_id)}"
     await thief.open()
-    assert await until(lambda: thief.key is not None, 5)
+    assert await until(lambda: thief.key is not None, scaled(5))
     assert thief.key not in (victim.key, watcher.key)
-    assert await until(lambda: thief.key in watcher.members(), 5)
+    assert await until(lambda: thief.key in watcher.members(), scaled(5))
     await asyncio.sleep(QUIET)
     assert victim.key in watcher.members() and victim.closed is None
     later = watcher.frames[seen:]
@@ -107,9 +107,9 @@ async def test_a_tab_id_sent_by_another_visitor_takes_over_nothing(two_servers):
     reload.url = reload.url.removesuffix("&anon=") + f"&anon={quote(token)}"
     await victim.ws.close(code=1001)
     await reload.open()
-    assert await until(lambda: reload.key == victim.key, 5)
+    assert await until(lambda: reload.key == victim.key, scaled(5))
     assert await until(lambda: any(r == "replaced" for _, k, r in watcher.leaves
-                                   if k == victim.key), 5)
+                                   if k == victim.key), scaled(5))
     assert [r for _, k, r in watcher.leaves if k == victim.key] == ["replaced"]
     await close_all(watcher, thief, reload)
 
@@ -120,15 +120,16 @@ async def test_a_refused_room_sends_nothing_about_it_and_shows_nothing_to_it(two
     browser.login(ADMIN_USER, ADMIN_PASSWORD)
     cookie = "; ".join(f"{c.name}={c.value}" for c in browser.jar)
     member = await Recording(a, "member", room="private-ops", cookie=cookie).open()
-    assert await until(lambda: len(member.members()) == 1, 5)
-    assert await until(lambda: any(f["type"] == "presence_diff" for f in member.frames), 5)
+    assert await until(lambda: len(member.members()) == 1, scaled(5))
+    assert await until(lambda: any(f["type"] == "presence_diff" for f in member.frames),
+                       scaled(5))
     before = len(member.presence_frames())
 
     async with connect(f"{b.url}/ws/rooms/private-ops/?tab=nosy", origin=b.origin,
                        ping_interval=None) as nosy:
         frames = []
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(scaled(5)):
                 async for raw in nosy:
                     frames.append(json.loads(raw))
         except ConnectionClosed:
