@@ -13,7 +13,7 @@ from bench import benchlib as bl
 
 
 async def measure(size, reps):
-    from heartbeat_app.redis_store import RedisStore
+    from heartbeat_app.stores.redis import RedisStore
 
     store = RedisStore(bl.REDIS_URL, prefix=f"hbbench:reads{size}")
     await store.flush()

@@ -167,8 +167,8 @@ def commandstats(r) -> int:
 async def tracker_ticks(n: int, ticks: int, mon: Monitor, marker) -> dict:
     from channels.layers import get_channel_layer
 
-    from heartbeat_app.redis_store import RedisStore
     from heartbeat_app.state import SessionState
+    from heartbeat_app.stores.redis import RedisStore
     from heartbeat_app.tracker import Tracker
 
     store = RedisStore(bl.REDIS_URL, prefix=f"hbbench:sched{n}")
