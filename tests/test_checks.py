@@ -1,5 +1,9 @@
 """System checks of heartbeat_app: every id, called directly and through Django."""
 
+import math
+import re
+from pathlib import Path
+
 import pytest
 from channels.layers import channel_layers, get_channel_layer
 from django.core import checks as django_checks
@@ -7,8 +11,14 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from heartbeat_app import checks
-from heartbeat_app.checks import check_channels, check_settings
+from heartbeat_app import checks, conf
+from heartbeat_app.checks import (
+    check_channels,
+    check_metrics,
+    check_presence,
+    check_sessions,
+    check_settings,
+)
 
 PREFIX = "heartbeat_app."
 REDIS_LAYER = "channels_redis.core.RedisChannelLayer"
@@ -31,6 +41,12 @@ def settings_ids(**overrides) -> set[str]:
         return ids(check_settings())
 
 
+def all_ids(**overrides) -> set[str]:
+    """The ids every settings check (heartbeat core, session rows, presence) reports."""
+    with override_settings(**overrides):
+        return ids(check_settings() + check_sessions() + check_presence())
+
+
 @pytest.fixture
 def fresh_channel_layers():
     """Channels caches built layers; start and end each test without any."""
@@ -45,6 +61,12 @@ def fresh_channel_layers():
 def test_test_settings_raise_nothing(fresh_channel_layers):
     assert check_settings() == []
     assert check_channels() == []
+    assert check_sessions() == []
+    assert check_presence() == []
+
+
+def test_the_defaults_raise_nothing():
+    assert all_ids(**conf.DEFAULTS) == set()
 
 
 # Errors ----------------------------------------------------------------------------------
@@ -299,3 +321,298 @@ def test_default_admission_and_drain_settings_pass(settings):
     settings.HEARTBEAT_MAX_HANDSHAKES = None
     ids = {e.id for e in check_settings()}
     assert not ids & {"heartbeat_app.E012", "heartbeat_app.E013"}
+
+
+# Every setting ---------------------------------------------------------------------------
+
+#: One bad value of every setting in conf.DEFAULTS, and the one check that refuses it.
+BAD_VALUES = {
+    "HEARTBEAT_INTERVAL": (1e9, "E009"),
+    "HEARTBEAT_TIMEOUT": (1e9, "E009"),
+    "HEARTBEAT_TICK": (0, "E003"),
+    "HEARTBEAT_PHASE_SPREAD": (-1, "E004"),
+    "HEARTBEAT_PROXY_IDLE_TIMEOUT": ("60", "E005"),
+    "HEARTBEAT_RATE_LIMIT": (0, "E006"),
+    "HEARTBEAT_RATE_BURST": (0, "E006"),
+    "HEARTBEAT_RETRY_AFTER_MS": (-1, "E007"),
+    "HEARTBEAT_MAX_HANDSHAKES": (0, "E012"),
+    "HEARTBEAT_CONNECT_RATE": (-1, "E012"),
+    "HEARTBEAT_RETRY_MIN_MS": (-5, "E013"),
+    "HEARTBEAT_DRAIN_SPREAD": (-1, "E013"),
+    "HEARTBEAT_DRAIN_TIMEOUT": (None, "E013"),
+    "HEARTBEAT_DRAIN_ON_SIGTERM": ("yes", "E013"),
+    "HEARTBEAT_GC_THRESHOLD": ([1, 2], "E014"),
+    "HEARTBEAT_RECORD_SESSIONS": ("yes", "E030"),
+    "HEARTBEAT_CHECKPOINT_INTERVAL": (0, "E031"),
+    "HEARTBEAT_SESSION_RETENTION_DAYS": (-3, "E032"),
+    "PRESENCE_STORE": ("myapp.stores.Nope", "E040"),
+    "PRESENCE_REDIS_URL": ("http://127.0.0.1:6379", "E041"),
+    "PRESENCE_KEY_PREFIX": ("", "E042"),
+    "PRESENCE_TTL": ("x", "E043"),
+    "PRESENCE_INSTANCE_TTL": (0, "E044"),
+    "PRESENCE_REAP_INTERVAL": (-5, "E045"),
+    "PRESENCE_LEAVE_GRACE": (-1, "E046"),
+    "PRESENCE_BROADCAST_INTERVAL": (0, "E047"),
+    "PRESENCE_STORE_TIMEOUT": (None, "E048"),
+    "PRESENCE_FULL_LIST_MAX": (-1, "E049"),
+    "PRESENCE_COUNT_INTERVAL": (0, "E050"),
+    "PRESENCE_MAX_MEMBERS": (0, "E051"),
+    "PRESENCE_SIGNAL_RATE": (float("nan"), "E052"),
+    "PRESENCE_REDIS_MAX_CONNECTIONS": (0, "E053"),
+}
+
+
+def test_every_setting_has_a_check():
+    """A setting added to conf.DEFAULTS without a check (and a bad value here) fails."""
+    assert set(BAD_VALUES) == set(conf.DEFAULTS)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_a_bad_value_of_each_setting_is_refused_by_its_check(name):
+    value, check_id = BAD_VALUES[name]
+    assert all_ids(**{name: value}) == {check_id}
+
+
+def test_presence_ttl_that_is_not_seconds_fails_the_check_command():
+    """The issue's case: PRESENCE_TTL = "x" used to pass check, then fail every connection."""
+    with override_settings(PRESENCE_TTL="x"):
+        with pytest.raises(SystemCheckError, match=r"heartbeat_app\.E043"):
+            call_command("check")
+
+
+def test_new_errors_name_the_setting_and_the_value_and_carry_a_hint():
+    with override_settings(PRESENCE_LEAVE_GRACE=-1, HEARTBEAT_SESSION_RETENTION_DAYS=-3):
+        messages = check_sessions() + check_presence()
+    by_id = {message.id.removeprefix(PREFIX): message for message in messages}
+    assert set(by_id) == {"E032", "E046"}
+    assert "PRESENCE_LEAVE_GRACE" in by_id["E046"].msg and "-1" in by_id["E046"].msg
+    assert "HEARTBEAT_SESSION_RETENTION_DAYS" in by_id["E032"].msg
+    assert all(isinstance(m, django_checks.Error) and m.hint for m in messages)
+
+
+# The heartbeat core: timers and the collector
+
+@pytest.mark.parametrize("name", ["HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT"])
+def test_seconds_beyond_a_browser_timer_are_e009(name):
+    assert all_ids(**{name: checks.MAX_TIMER_SECONDS + 1}) == {"E009"}
+
+
+@pytest.mark.parametrize("name", ["HEARTBEAT_INTERVAL", "HEARTBEAT_TIMEOUT"])
+def test_seconds_up_to_a_browser_timer_are_not_e009(name):
+    assert "E009" not in all_ids(**{name: math.floor(checks.MAX_TIMER_SECONDS)})
+
+
+@pytest.mark.parametrize("value", [[1, 2], (1,), (99, 10, 10), (0, 10, 10), [0]])
+def test_gc_threshold_that_collects_all_the_time_or_never_is_e014(value):
+    assert all_ids(HEARTBEAT_GC_THRESHOLD=value) == {"E014"}
+
+
+@pytest.mark.parametrize("value", [(100,), (700, 10, 10), [20000, 10, 10], (50000, 20, 100)])
+def test_gc_threshold_that_collects_less_often_is_fine(value):
+    assert all_ids(HEARTBEAT_GC_THRESHOLD=value) == set()
+
+
+def test_gc_threshold_of_a_bad_shape_is_e008_alone():
+    assert all_ids(HEARTBEAT_GC_THRESHOLD=(1, "2")) == {"E008"}
+
+
+# Session rows
+
+@pytest.mark.parametrize("value", [None, 1, 0, "True"])
+def test_record_sessions_that_is_not_a_boolean_is_e030(value):
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=value) == {"E030"}
+
+
+@pytest.mark.parametrize("value", [0, -5, None, "5", True, float("inf")])
+def test_checkpoint_interval_that_is_not_positive_seconds_is_e031(value):
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=True, HEARTBEAT_CHECKPOINT_INTERVAL=value) == {
+        "E031"}
+
+
+@pytest.mark.parametrize("value", [-3, -0.5, "30", True, float("nan")])
+def test_retention_that_is_not_days_is_e032(value):
+    assert all_ids(HEARTBEAT_SESSION_RETENTION_DAYS=value) == {"E032"}
+
+
+@pytest.mark.parametrize("value", [None, 0, 1, 0.5, 365])
+def test_retention_of_days_or_none_is_fine(value):
+    assert all_ids(HEARTBEAT_SESSION_RETENTION_DAYS=value) == set()
+
+
+@pytest.mark.parametrize(("checkpoint", "ttl"), [(15.0, 15.0), (14.0, 15.0), (30.0, 15.0)])
+def test_checkpoint_not_shorter_than_the_instance_ttl_is_e033(checkpoint, ttl):
+    """A process beats its instance row only at checkpoints: a healthy one looks lost."""
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=True, HEARTBEAT_CHECKPOINT_INTERVAL=checkpoint,
+                   PRESENCE_INSTANCE_TTL=ttl) == {"E033"}
+
+
+@pytest.mark.parametrize(("checkpoint", "ttl"), [(8.0, 15.0), (12.0, 15.0), (3.0, 5.0)])
+def test_checkpoint_over_half_the_instance_ttl_is_w030(checkpoint, ttl):
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=True, HEARTBEAT_CHECKPOINT_INTERVAL=checkpoint,
+                   PRESENCE_INSTANCE_TTL=ttl) == {"W030"}
+
+
+@pytest.mark.parametrize(("checkpoint", "ttl"), [(5.0, 15.0), (7.5, 15.0), (0.3, 15.0)])
+def test_checkpoint_well_under_the_instance_ttl_is_fine(checkpoint, ttl):
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=True, HEARTBEAT_CHECKPOINT_INTERVAL=checkpoint,
+                   PRESENCE_INSTANCE_TTL=ttl) == set()
+
+
+def test_checkpoint_against_the_instance_ttl_is_not_checked_without_session_rows():
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=False, HEARTBEAT_CHECKPOINT_INTERVAL=60.0) == set()
+
+
+def test_e033_counts_the_tick_in():
+    assert all_ids(HEARTBEAT_RECORD_SESSIONS=True, HEARTBEAT_CHECKPOINT_INTERVAL=14.5,
+                   PRESENCE_INSTANCE_TTL=15.0, HEARTBEAT_TICK=0.5) == {"E033"}
+
+
+# Presence: the store
+
+@pytest.mark.parametrize("value", [
+    "nowhere.Store", "heartbeat_app.conf.get", "heartbeat_app.models.Session", 42, "",
+])
+def test_store_that_is_not_a_store_is_e040(value):
+    assert all_ids(PRESENCE_STORE=value) == {"E040"}
+
+
+@pytest.mark.parametrize("value", [None, "memory", "heartbeat_app.stores.MemoryStore"])
+def test_memory_or_a_store_class_is_fine(value):
+    assert all_ids(PRESENCE_STORE=value) == set()
+
+
+def test_redis_store_is_fine_with_redis_py(fresh_channel_layers):
+    assert all_ids(PRESENCE_STORE="redis", PRESENCE_REDIS_URL="redis://127.0.0.1:6379/0") \
+        == set()
+
+
+def test_redis_store_without_redis_py_is_e040(monkeypatch):
+    real_find_spec = checks.importlib.util.find_spec
+    monkeypatch.setattr(
+        checks.importlib.util, "find_spec",
+        lambda name, *args: None if name == "redis" else real_find_spec(name, *args))
+    assert all_ids(PRESENCE_STORE="redis") == {"E040"}
+
+
+def test_store_following_a_redis_layer_without_redis_py_is_e040(monkeypatch):
+    real_find_spec = checks.importlib.util.find_spec
+    monkeypatch.setattr(
+        checks.importlib.util, "find_spec",
+        lambda name, *args: None if name == "redis" else real_find_spec(name, *args))
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": ["redis://h:6379"]}}}
+    assert all_ids(CHANNEL_LAYERS=layers) == {"E040"}
+
+
+@pytest.mark.parametrize("value", [
+    "http://127.0.0.1:6379", "127.0.0.1:6379", 6379, {"sentinels": []},
+    {"sentinels": [("h", 26379)]}, {"master_name": "mymaster"},
+])
+def test_redis_url_that_is_not_a_redis_is_e041(value):
+    assert all_ids(PRESENCE_REDIS_URL=value) == {"E041"}
+
+
+@pytest.mark.parametrize("value", [
+    None, "redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///run/redis.sock",
+    {"sentinels": [("h", 26379)], "master_name": "mymaster"},
+])
+def test_redis_url_or_a_sentinel_spec_is_fine(value):
+    assert all_ids(PRESENCE_REDIS_URL=value) == set()
+
+
+def test_redis_store_whose_layer_host_has_no_address_is_e041():
+    layers = {"default": {"BACKEND": REDIS_LAYER, "CONFIG": {"hosts": [{"db": 3}]}}}
+    assert all_ids(CHANNEL_LAYERS=layers) == {"E041"}
+
+
+@pytest.mark.parametrize("value", ["", "my prefix", None, 7, b"heartbeat"])
+def test_key_prefix_that_is_not_a_word_is_e042(value):
+    assert all_ids(PRESENCE_KEY_PREFIX=value) == {"E042"}
+
+
+# Presence: times and limits
+
+PRESENCE_BAD = [
+    ("PRESENCE_TTL", ["x", 0, -1, None, True, float("inf")], "E043"),
+    ("PRESENCE_INSTANCE_TTL", [0, -15, None, "15"], "E044"),
+    ("PRESENCE_REAP_INTERVAL", [0, -5, None, "5"], "E045"),
+    ("PRESENCE_LEAVE_GRACE", [-1, "5", True, float("nan")], "E046"),
+    ("PRESENCE_BROADCAST_INTERVAL", [0, -1, "1"], "E047"),
+    ("PRESENCE_STORE_TIMEOUT", [0, -2, None, "2"], "E048"),
+    ("PRESENCE_FULL_LIST_MAX", [-1, 1.5, "200", True], "E049"),
+    ("PRESENCE_COUNT_INTERVAL", [0, None, "2"], "E050"),
+    ("PRESENCE_MAX_MEMBERS", [0, -1, 10.5, "10"], "E051"),
+    ("PRESENCE_SIGNAL_RATE", [0, -10, "10", float("nan")], "E052"),
+    ("PRESENCE_REDIS_MAX_CONNECTIONS", [0, None, 50.0, "50"], "E053"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "check_id"), [
+    (name, value, check_id) for name, values, check_id in PRESENCE_BAD for value in values])
+def test_bad_presence_value_is_an_error(name, value, check_id):
+    assert all_ids(**{name: value}) == {check_id}
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PRESENCE_LEAVE_GRACE", 0), ("PRESENCE_LEAVE_GRACE", None),
+    ("PRESENCE_BROADCAST_INTERVAL", None), ("PRESENCE_BROADCAST_INTERVAL", 0.5),
+    ("PRESENCE_FULL_LIST_MAX", 0), ("PRESENCE_FULL_LIST_MAX", None),
+    ("PRESENCE_MAX_MEMBERS", None), ("PRESENCE_MAX_MEMBERS", 1000),
+    ("PRESENCE_SIGNAL_RATE", None), ("PRESENCE_SIGNAL_RATE", 30),
+    ("PRESENCE_TTL", 60), ("PRESENCE_REDIS_MAX_CONNECTIONS", 1),
+])
+def test_good_presence_value_is_fine(name, value):
+    assert all_ids(**{name: value}) == set()
+
+
+@pytest.mark.parametrize(("ttl", "tick"), [(2.0, 1.0), (0.5, 0.2)])
+def test_presence_ttl_shorter_than_three_ticks_is_w040(ttl, tick):
+    assert all_ids(PRESENCE_TTL=ttl, HEARTBEAT_TICK=tick, HEARTBEAT_TIMEOUT=10.0) == {"W040"}
+
+
+@pytest.mark.parametrize(("ttl", "tick"), [(2.0, 1.0), (0.5, 0.2)])
+def test_instance_ttl_shorter_than_three_ticks_is_w041(ttl, tick):
+    assert all_ids(PRESENCE_INSTANCE_TTL=ttl, HEARTBEAT_TICK=tick,
+                   PRESENCE_STORE_TIMEOUT=0.1) == {"W041"}
+
+
+def test_presence_ttls_of_three_ticks_are_fine():
+    assert all_ids(PRESENCE_TTL=0.3, PRESENCE_INSTANCE_TTL=0.3, PRESENCE_STORE_TIMEOUT=0.1,
+                   HEARTBEAT_TICK=0.1, HEARTBEAT_TIMEOUT=1.0) == set()
+
+
+@pytest.mark.parametrize(("store_timeout", "ttl"), [(8.0, 15.0), (15.0, 15.0), (30.0, 15.0)])
+def test_store_timeout_over_half_the_instance_ttl_is_w042(store_timeout, ttl):
+    assert all_ids(PRESENCE_STORE_TIMEOUT=store_timeout, PRESENCE_INSTANCE_TTL=ttl) == {"W042"}
+
+
+# The reference page ----------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+CHECKS_DIR = Path(checks.__file__).parent
+
+
+def test_settings_reference_lists_every_setting_in_defaults_with_its_default():
+    rows = {}
+    for line in DOCS.read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0] \
+            .splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    assert set(conf.DEFAULTS) <= set(rows), sorted(set(conf.DEFAULTS) - set(rows))
+    for name, default in conf.DEFAULTS.items():
+        shown = f'"{default}"' if isinstance(default, str) else repr(default)
+        assert rows[name] == f"`{shown}`", (name, rows[name])
+
+
+def test_every_check_id_is_documented_and_every_documented_id_exists():
+    in_code = set()
+    for path in CHECKS_DIR.glob("*.py"):
+        # id="heartbeat_app.E001", or a bare "E043" in a table of checks
+        found = re.findall(r'"(?:heartbeat_app\.)?([EW]\d{3})"', path.read_text())
+        in_code |= {PREFIX + check_id for check_id in found}
+    in_docs = set(re.findall(r"^\| `(heartbeat_app\.[EW]\d{3})` \|", DOCS.read_text(), re.M))
+    assert in_code == in_docs
+
+
+def test_metrics_checks_are_still_exported():
+    assert callable(check_metrics)
