@@ -416,3 +416,27 @@ def test_w021_when_the_multiprocess_dir_is_not_a_directory(monkeypatch, tmp_path
     assert ids(check_metrics()) == {"heartbeat_app.W021"}
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert check_metrics() == []
+
+
+# The docs -----------------------------------------------------------------------------
+
+
+def test_every_metric_is_documented_with_its_type_and_labels():
+    from tests.servers import ROOT
+
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    for name, metric in Metrics().registry.metrics.items():
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{name}` |")),
+                   None)
+        assert row is not None, f"{name} has no row in docs/metrics.md"
+        cells = [cell.strip() for cell in row.split("|")]
+        assert cells[2] == metric.kind, name
+        assert cells[3] == " ".join(f"`{label}`" for label in metric.labels), name
+
+
+def test_the_metrics_checks_are_documented():
+    from tests.servers import ROOT
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    for check_id in ("W020", "E020", "W021"):
+        assert f"| `heartbeat_app.{check_id}` |" in text
