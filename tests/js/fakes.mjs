@@ -135,7 +135,8 @@ export function fakePage({ protocol = "http:", host = "example.test", visible = 
   };
 }
 
-export const EVENT_TYPES = ["state", "open", "message", "close", "pong", "retry", "presence", "join", "leave", "drop"];
+export const EVENT_TYPES = ["state", "open", "message", "close", "pong", "retry", "presence", "join", "leave", "drop",
+  "broadcast", "count", "refused"];
 
 /** A client wired to fakes, with every event recorded, and helpers to drive it. */
 export function setup(options = {}, pageOptions = {}) {

@@ -6,6 +6,7 @@
  *
  *   const sock = new HeartbeatSocket("/ws/rooms/lobby/");
  *   sock.on("message", ({data}) => ...);   sock.send({type: "chat", text: "hi"});
+ *   sock.join("dev");   sock.setPresence("dev", {status: "busy"});   sock.broadcast("dev", "typing", {});
  */
 (function (root) {
   "use strict";
@@ -29,6 +30,7 @@
     tab: true,                 // true: id kept in sessionStorage; a string: that id; false: none
     tabKey: "heartbeat_app.tab",
     anonKey: "heartbeat_app.anon",   // sessionStorage key of the token `identity` carries; null: not kept
+    signalInterval: 100,       // ms between two broadcasts of one room and event (latest wins)
     reconnectWhileHidden: false,
     autoConnect: true,
     shouldReconnect: shouldReconnect,
@@ -37,10 +39,30 @@
     now: undefined, random: undefined, setTimeout: undefined, clearTimeout: undefined,
   };
 
-  // Frames the client handles itself; everything else is a `message` event.
-  var OWN = {hello: 1, ping: 1, pong: 1, close: 1, identity: 1, presence_state: 1, presence_diff: 1};
+  // Frames the client handles itself; everything else is a `message` event (a `broadcast`
+  // only when it has the server's shape, see _own()).
+  var OWN = {hello: 1, ping: 1, pong: 1, close: 1, identity: 1, presence_state: 1, presence_diff: 1,
+             presence_count: 1};
   var TAB = /^[A-Za-z0-9_-]{1,64}$/;
   var OPEN = 1;
+  // The server's limits on presence requests (docs/protocol.md), checked here so that a
+  // mistake throws at the call instead of coming back as an error frame.
+  var ROOM = /^[A-Za-z0-9_.-]{1,80}$/;
+  var EVENT = /^[A-Za-z0-9_.:-]{1,64}$/;
+  var MAX_STATE_BYTES = 1024;
+  var MAX_DATA_BYTES = 4096;
+  // Refusals after which the client stops asking for the room (see _refused()).
+  var NOT_JOINED = {room_forbidden: 1, room_full: 1};
+
+  function checkRoom(room, method) {
+    if (typeof room !== "string" || !ROOM.test(room)) {
+      throw new TypeError(method + "(): a room is 1 to 80 letters, digits, '_', '-' or '.'");
+    }
+  }
+
+  function isObject(value) {
+    return value !== null && typeof value === "object" && !Array.isArray(value);
+  }
 
   /** The close-code rule of docs/close-codes.md: false for codes after which retrying is useless. */
   function shouldReconnect(code) {
@@ -112,7 +134,15 @@
       this._ws = null;
       this._queue = [];
       this._queueBytes = 0;
-      this._rooms = {};
+      this._rooms = {};           // room -> {key: {metas}}: the member list ({} when count-only)
+      this._counts = {};          // room -> number of members
+      this._countOnly = {};       // room -> true: a big room, the server sends its count only
+      this._joined = {};          // room -> true: asked for with join(), asked again on reconnect
+      this._states = {};          // room -> the state of the latest setPresence(), re-sent on reconnect
+      this._left = {};            // room -> true: left with leave(); stays left across reconnects
+      this._signals = {};         // "room event" -> the throttle of broadcast()
+      this._conn = null;          // what this connection was sent (see _newConnection())
+      this._newConnection();
       this._pings = {};
       this._seq = 0;
       this._deadline = null;      // a frame must arrive by then (clock ms)
@@ -215,6 +245,7 @@
       this.retryAt = null;
       this._queue = [];
       this._queueBytes = 0;
+      this._dropSignals(null);
       this._drop(code, reason);
       this._setState("closed");
       if (!wasStopped) this._emit("close", {code: code, reason: reason, wasClean: true, willReconnect: false});
@@ -224,6 +255,134 @@
     members(room) {
       if (room == null) room = Object.keys(this._rooms)[0];
       return this._rooms[room] || {};
+    }
+
+    /** The number of members of `room` (with no room, of the only room), or null if unknown. */
+    count(room) {
+      if (room == null) room = Object.keys(this._rooms)[0];
+      return room in this._counts ? this._counts[room] : null;
+    }
+
+    // Rooms, states and signals (docs/presence.md#presence-the-app-drives) -----------------
+
+    /**
+     * Be present in `room`, on this connection and on every later one. Returns true if the
+     * request went out now, false if it goes out when the connection opens.
+     */
+    join(room) {
+      checkRoom(room, "join");
+      this._joined[room] = true;
+      delete this._left[room];
+      if (!this._isOpen()) return false;
+      this._sendJoin(room);
+      return true;
+    }
+
+    /**
+     * Stop being present in `room` and forget its members and state. Returns true if the
+     * request went out now; while disconnected there is nothing to leave, and the room is
+     * not joined again.
+     */
+    leave(room) {
+      checkRoom(room, "leave");
+      delete this._joined[room];
+      delete this._states[room];
+      this._left[room] = true;
+      this._dropSignals(room);
+      if (room in this._rooms) this._forget(room);
+      if (!this._isOpen()) return false;
+      this._conn.leaving[room] = true;
+      this._raw({type: "leave", room: room});
+      return true;
+    }
+
+    /**
+     * Set this tab's `state` (a plain object, at most 1 KiB as JSON) in `room`; the room sees
+     * it in this tab's meta. Kept and sent again after a reconnect. True if sent now.
+     */
+    setPresence(room, state) {
+      checkRoom(room, "setPresence");
+      if (!isObject(state)) throw new TypeError("setPresence(): the state must be a plain object");
+      var text = JSON.stringify(state);
+      if (utf8Length(text) > MAX_STATE_BYTES) {
+        throw new RangeError("setPresence(): the state is limited to " + MAX_STATE_BYTES + " bytes as JSON");
+      }
+      // A copy: what is re-sent after a reconnect is what was set, not a later mutation.
+      this._states[room] = JSON.parse(text);
+      if (!this._isOpen()) return false;
+      this._sendState(room);
+      return true;
+    }
+
+    /**
+     * Send an ephemeral signal (`event`, with `data`) to the others in `room`. Never queued:
+     * while disconnected it is dropped. At most one per `signalInterval` per room and event;
+     * inside that window the latest replaces the earlier and goes out when the window ends.
+     * True if sent now, false if held for the window or dropped.
+     */
+    broadcast(room, event, data) {
+      checkRoom(room, "broadcast");
+      if (typeof event !== "string" || !EVENT.test(event)) {
+        throw new TypeError("broadcast(): an event is 1 to 64 letters, digits or '_.:-'");
+      }
+      if (data === undefined) data = {};
+      if (utf8Length(JSON.stringify(data)) > MAX_DATA_BYTES) {
+        throw new RangeError("broadcast(): the data is limited to " + MAX_DATA_BYTES + " bytes as JSON");
+      }
+      if (!this._isOpen()) return false;
+      // The server keeps the latest signal of a window too (PRESENCE_SIGNAL_RATE, 10/s), but
+      // every frame also spends the session's rate limit, whose overflow closes the socket
+      // (4429): a typing signal per keystroke must not get that far.
+      var key = room + " " + event, now = this._now(), sig = this._signals[key];
+      var gap = this.options.signalInterval;
+      if (sig && now - sig.at < gap) {
+        sig.data = data;
+        if (sig.timer == null) {
+          sig.timer = this._after(sig.at + gap - now, () => {
+            sig.timer = null;
+            if (this._signals[key] !== sig || !this._isOpen()) return;
+            sig.at = this._now();
+            this._raw({type: "broadcast", room: room, event: event, data: sig.data});
+          });
+        }
+        return false;
+      }
+      this._signals[key] = {room: room, at: now, data: data, timer: null};
+      this._raw({type: "broadcast", room: room, event: event, data: data});
+      return true;
+    }
+
+    _isOpen() {
+      return this._state === "open" && !!this._ws && this._ws.readyState === OPEN;
+    }
+
+    _sendJoin(room) {
+      this._conn.joined[room] = true;
+      this._raw({type: "join", room: room});
+      // Right behind the join: the server serves a session's requests in order, so the room
+      // never sees this tab without its state.
+      if (this._states[room]) this._sendState(room);
+    }
+
+    _sendState(room) {
+      this._conn.stated[room] = true;
+      this._raw({type: "presence_update", room: room, state: this._states[room]});
+    }
+
+    /** A fresh connection: nothing joined, left or stated on it yet; held signals dropped. */
+    _newConnection() {
+      this._dropSignals(null);
+      this._conn = {joined: {}, stated: {}, leaving: {}, resync: {}};
+    }
+
+    _dropSignals(room) {
+      var clear = this.options.clearTimeout || root.clearTimeout;
+      for (var key in this._signals) {
+        var sig = this._signals[key];
+        if (room != null && sig.room !== room) continue;
+        if (sig.timer != null) clear(sig.timer);
+        delete this._signals[key];
+      }
     }
 
     // Environment ----------------------------------------------------------------
@@ -362,6 +521,7 @@
       this._hint = null;
       var WS = this.options.WebSocket || root.WebSocket;
       var ws;
+      this._newConnection();
       try {
         ws = new WS(this._url(), this.options.protocols);
       } catch (err) {
@@ -526,7 +686,9 @@
       if (typeof data === "string") {
         try { msg = JSON.parse(data); } catch (e) { msg = null; }
       }
-      if (!msg || typeof msg !== "object" || Array.isArray(msg) || !OWN[msg.type]) {
+      if (!isObject(msg) || !this._own(msg)) {
+        // Refusals stay messages too, as they were before rooms could be joined.
+        if (isObject(msg) && msg.type === "error" && typeof msg.room === "string") this._refused(msg);
         return this._emit("message", {data: msg !== null && typeof data === "string" ? msg : data, raw: data});
       }
       switch (msg.type) {
@@ -539,8 +701,18 @@
         case "close":
           this._hint = typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : null;
           return;
+        case "broadcast":
+          if (this._left[msg.room]) return;   // in flight when the leave went out
+          return this._emit("broadcast", {room: msg.room, event: msg.event, from: msg.from, data: msg.data});
         default: return this._presence(msg);
       }
+    }
+
+    _own(msg) {
+      if (OWN[msg.type]) return true;
+      // The server's signal carries room and event; an app's own "broadcast" frame without
+      // them stays a `message`, as before.
+      return msg.type === "broadcast" && typeof msg.room === "string" && typeof msg.event === "string";
     }
 
     _hello(msg) {
@@ -558,6 +730,9 @@
       this._setState("open");
       this._emit("open", {session: this.session, tab: this.tab, interval: this.interval, timeout: this.timeout});
       if (ws !== this._ws || this._state !== "open") return;   // a listener closed it
+      // The rooms of join() again, each with its latest state (a listener may have joined
+      // some already), before the queue, which may hold frames about them.
+      for (var room in this._joined) if (!this._conn.joined[room]) this._sendJoin(room);
       // Queued sends go after the open listeners, so their subscribe frames come first.
       var q = this._queue;
       this._queue = [];
@@ -645,11 +820,44 @@
     // Presence ------------------------------------------------------------------------
 
     _presence(msg) {
-      var room = msg.room, before = this._rooms[room] || {}, next = {}, key;
-      var leaveMetas = {};
+      var room = msg.room, conn = this._conn, key;
+      if (typeof room !== "string") return;
+      if (this._left[room]) {
+        // A room the app left. Its frames were in flight when the leave went out, or the
+        // server put this new connection in it again (a room of the connect URL, joined on
+        // accept): then leave it again, once.
+        if (msg.type === "presence_state" && !conn.leaving[room] && this._isOpen()) {
+          conn.leaving[room] = true;
+          this._raw({type: "leave", room: room});
+        }
+        return;
+      }
+      if (msg.type === "presence_count") {
+        // Replaces the diffs of a room above PRESENCE_FULL_LIST_MAX members: a list kept so
+        // far would go stale, so the room becomes count-only here too.
+        if (!(room in this._rooms) || typeof msg.count !== "number") return;   // no state yet
+        return this._apply(msg, {}, msg.count, {});
+      }
       if (msg.type === "presence_state") {
-        var members = msg.members || {};
-        for (key in members) next[key] = {metas: (members[key].metas || []).slice()};
+        delete conn.resync[room];
+        // A room the server joined on accept gets its state here; the rooms of join() got
+        // theirs right behind the join.
+        if (this._states[room] && !conn.stated[room] && this._isOpen()) this._sendState(room);
+        if (!isObject(msg.members)) return this._apply(msg, {}, msg.count, {});
+      } else if (this._countOnly[room]) {
+        // A diff for a count-only room: it shrank back under the limit, and the server went
+        // back to diffs, which apply to a list this client does not have. Joining a room one
+        // is in sends its state again (docs/presence.md).
+        if (!conn.resync[room] && this._isOpen()) {
+          conn.resync[room] = true;
+          this._raw({type: "join", room: room});
+        }
+        return;
+      }
+      var before = this._rooms[room] || {}, next = {}, leaveMetas = {};
+      if (msg.type === "presence_state") {
+        var members = msg.members;
+        for (key in members) next[key] = {metas: ((members[key] || {}).metas || []).slice()};
         for (key in before) if (!next[key]) leaveMetas[key] = before[key].metas;
       } else {
         for (key in before) next[key] = {metas: before[key].metas.slice()};
@@ -671,19 +879,67 @@
           else { delete next[key]; leaveMetas[key] = gone; }
         }
       }
+      this._apply(msg, next, null, leaveMetas);
+    }
+
+    /** Install a room's new list (`count` null) or count (`next` empty), and tell listeners. */
+    _apply(msg, next, count, leaveMetas) {
+      var room = msg.room, key;
+      var before = this._rooms[room] || {}, wasCountOnly = !!this._countOnly[room];
+      var countOnly = count != null;
+      var oldCount = room in this._counts ? this._counts[room] : null;
+      if (!countOnly) count = Object.keys(next).length;
       this._rooms[room] = next;
-      for (key in next) {
-        if (!before[key]) this._emit("join", {room: room, key: key, metas: next[key].metas});
+      this._counts[room] = count;
+      if (countOnly) this._countOnly[room] = true;
+      else delete this._countOnly[room];
+      // Member events compare two lists. A room turning count-only loses its list, but
+      // nobody left; a room back from count-only has no earlier list to compare with.
+      if (!countOnly && !wasCountOnly) {
+        for (key in next) {
+          if (!before[key]) this._emit("join", {room: room, key: key, metas: next[key].metas});
+        }
+        for (key in leaveMetas) {
+          if (!before[key]) continue;
+          var metas = leaveMetas[key], last = metas[metas.length - 1];
+          // From a fresh presence_state the real reason is unknown: the member left while this
+          // client was away.
+          var reason = msg.type === "presence_state" ? "resync" : (last && last.reason) || "closed";
+          this._emit("leave", {room: room, key: key, reason: reason, metas: metas});
+        }
       }
-      for (key in leaveMetas) {
-        if (!before[key]) continue;
-        var metas = leaveMetas[key], last = metas[metas.length - 1];
-        // From a fresh presence_state the real reason is unknown: the member left while this
-        // client was away.
-        var reason = msg.type === "presence_state" ? "resync" : (last && last.reason) || "closed";
-        this._emit("leave", {room: room, key: key, reason: reason, metas: metas});
+      // A presence_count changes the list only when it ends one.
+      if (msg.type !== "presence_count" || !wasCountOnly) {
+        this._emit("presence", {room: room, members: next, count: count, countOnly: countOnly});
       }
-      this._emit("presence", {room: room, members: next});
+      if (count !== oldCount || countOnly !== wasCountOnly) {
+        this._emit("count", {room: room, count: count, countOnly: countOnly});
+      }
+    }
+
+    /** The room's list and count are gone (left, or refused): listeners see it empty. */
+    _forget(room) {
+      delete this._rooms[room];
+      delete this._counts[room];
+      delete this._countOnly[room];
+      this._emit("presence", {room: room, members: {}, count: null, countOnly: false});
+    }
+
+    /** An error frame about a room: a request was refused; the connection stays open. */
+    _refused(msg) {
+      var room = msg.room;
+      if (NOT_JOINED[msg.code]) {
+        // Not in the room: not asked for again after a reconnect, where the answer would be
+        // the same; whatever was known of the room is stale.
+        delete this._joined[room];
+        delete this._states[room];
+        if (room in this._rooms) this._forget(room);
+      } else if (msg.code === "invalid_state") {
+        // The server kept the previous state; sent again after a reconnect, this one would be
+        // refused again.
+        delete this._states[room];
+      }
+      this._emit("refused", {room: room, code: msg.code, detail: msg.detail});
     }
   }
 
