@@ -1,9 +1,11 @@
 """heartbeat_app.testing: the kit for people who test consumers that use the mixin."""
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -457,7 +459,7 @@ class KitInTransactionTestCase(HeartbeatTestMixin, _KitInTestCases, TransactionT
             self.assertEqual(tab.member_key, str(dora.pk))
 
 
-# The plugin -------------------------------------------------------------------------
+# The plugin, the example and the docs ------------------------------------------------
 
 
 def test_the_kit_fixtures_sit_next_to_the_suites_own(fake_clock, make_runtime, heartbeat_clock):
@@ -473,3 +475,37 @@ def test_the_plugin_is_an_entry_point_and_loads_before_django():
             "assert kit.FakeClock and kit.HeartbeatClock")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
 
+
+def run_example(**env):
+    """Run the example's own tests with pytest, as its authors would (the plugin loaded)."""
+    installed = any(ep.value == "heartbeat_app.testing.plugin"
+                    for ep in metadata.entry_points(group="pytest11"))
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if not installed:  # this checkout is not pip-installed: load the plugin as pip would
+        command += ["-p", "heartbeat_app.testing.plugin"]
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    environ.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run(command, cwd=ROOT / "examples" / "chat", env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_example_app_passes_its_tests():
+    result = run_example()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b6 passed\b", result.stdout), result.stdout
+
+
+@pytest.mark.redis
+def test_the_example_app_passes_its_tests_on_redis(redis_url):
+    result = run_example(REDIS_URL=redis_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b6 passed\b", result.stdout), result.stdout
+
+
+def test_the_docs_examples_are_the_example_apps_code():
+    """Each Python block of docs/testing.md that names a file is in that file, verbatim."""
+    docs = (ROOT / "docs" / "testing.md").read_text()
+    blocks = re.findall(r"```python\n# (examples/\S+)\n(.*?)```", docs, re.S)
+    assert len(blocks) >= 3
+    for path, block in blocks:
+        assert block in (ROOT / path).read_text(), f"docs/testing.md differs from {path}"
