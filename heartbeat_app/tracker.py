@@ -30,6 +30,7 @@ from .protocol import LeaveReason
 from .reaper import Reaper
 from .runtime import Runtime, Service, get_runtime
 from .state import SessionState
+from .storecalls import StoreCalls
 from .stores import BaseStore, StoreUnavailable, get_store, new_ref
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ def ms(setting: str) -> int:
     """A setting in seconds, as integer milliseconds (read each time: override_settings)."""
     return int(conf.get(setting) * 1000)
 
-# Loop lag (seconds) above which a store call that times out is the loop's fault.
-LAGGING = 0.1
 
 Send = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -76,52 +75,27 @@ class Tracker(Service):
         self.dirty: dict[str, set[str] | None] = {}
         self.unsynced_leaves: list[tuple[str, str, str]] = []
         self.unsynced_joins: set[str] = set()
-        self.degraded = False
-        self.rebuild_needed = False
+        self.calls = StoreCalls(runtime)
+        self._call = self.calls.call
         self.announcer = Announcer(runtime, self.store, call=self._call,
                                    wake=self.ensure_running)
         self._queue = self.announcer.queue
         self.reaper = Reaper(self.store, self.instance, call=self._call, queue=self._queue)
         self._joining: list[tuple] = []  # (local, rooms, new rooms, done)
         self._join_task: asyncio.Task | None = None
+        self._beaten = False
         self.metrics.rooms.set_function(
             lambda: len({room for local in self.local.values() for room in local.metas}))
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the store is unreachable (presence degraded until it is back)."""
+        return self.calls.degraded
 
     @property
     def diffs(self) -> dict[str, dict[str, dict]]:
         """Changes not broadcast yet, by room."""
         return self.announcer.diffs
-
-    async def _call(self, op: str, coro):
-        started = self.clock.monotonic()
-        try:
-            result = await asyncio.wait_for(coro, conf.get("PRESENCE_STORE_TIMEOUT"))
-        except TimeoutError as exc:
-            if self.runtime.lag > LAGGING:
-                # The event loop is behind, not the store: the call just could not
-                # be served in time. Retry later without declaring an outage, whose
-                # recovery would re-join every session of an already busy process.
-                self.metrics.store_calls_late.inc()
-                raise StoreUnavailable("presence store call late: the event loop lags") \
-                    from exc
-            self._outage(exc)
-            raise StoreUnavailable(str(exc)) from exc
-        except (StoreUnavailable, ConnectionError, OSError) as exc:
-            self._outage(exc)
-            raise StoreUnavailable(str(exc)) from exc
-        finally:
-            self.metrics.store_seconds.observe(self.clock.monotonic() - started, op=op)
-        if self.degraded:
-            self.degraded = False
-            self.rebuild_needed = True
-            logger.warning("presence store is back: rebuilding presence from live sessions")
-        return result
-
-    def _outage(self, exc: Exception) -> None:
-        if not self.degraded:
-            self.degraded = True
-            self.metrics.outages.inc()
-            logger.warning("presence store unavailable, presence degraded: %s", exc)
 
     # Called by consumers -----------------------------------------------------
 
@@ -172,6 +146,10 @@ class Tracker(Service):
         involved = sorted({room for _, rooms, _ in live for room in rooms})
         refused: dict[int, list[str]] = {}
         try:
+            if not self._beaten:
+                # The process beats before its first meta lands: one killed before its
+                # first tick is then found lost (instance_lost), not left to expire.
+                await self._beat([])
             counts = await self._call("count", self.store.counts(involved))
             cap = conf.get("PRESENCE_MAX_MEMBERS")
             for local, _, new in live:
@@ -299,7 +277,7 @@ class Tracker(Service):
         now = self.clock.monotonic()
         try:
             await self._refresh(now)
-            if self.rebuild_needed:
+            if self.calls.rebuild_needed:
                 await self._rebuild()
             await self._flush_joins()
             await self._flush_updates()
@@ -315,9 +293,7 @@ class Tracker(Service):
         every = conf.get("PRESENCE_TTL") / 3
         due = [local for local in self.local.values() if now - local.refreshed >= every]
         entries = [(room, local.state.id) for local in due for room in local.metas]
-        missing = await self._call("refresh", self.store.refresh(
-            self.instance, ms("PRESENCE_INSTANCE_TTL"), ms("PRESENCE_TTL"), entries,
-            instance_info(get_channel_layer())))
+        missing = await self._beat(entries)
         for local in due:
             local.refreshed = now
         for room, session in missing:
@@ -328,6 +304,13 @@ class Tracker(Service):
                 self._queue(await self._call("join", self.store.join(
                     room, local.metas[room], ms("PRESENCE_TTL"))))
 
+    async def _beat(self, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        missing = await self._call("refresh", self.store.refresh(
+            self.instance, ms("PRESENCE_INSTANCE_TTL"), ms("PRESENCE_TTL"), entries,
+            instance_info(get_channel_layer())))
+        self._beaten = True
+        return missing
+
     async def _send_state(self, local: _Local, room: str) -> None:
         count = await self._call("count", self.store.count(room))
         await local.send(await self._room_state(room, count, local.fetch))
@@ -336,7 +319,7 @@ class Tracker(Service):
         return [local for local in self.local.values() if local.leave_at is None]
 
     async def _rebuild(self) -> None:
-        self.rebuild_needed = False
+        self.calls.rebuild_needed = False
         self.unsynced_joins.clear()  # every live session is joined again below
         for room, session, reason in self.unsynced_leaves[:]:
             self._queue(await self._call("leave", self.store.leave(room, session, reason)))
