@@ -212,7 +212,9 @@ def member_keys(page):
 
 
 def own_key(page):
-    return "anon:" + page.evaluate("demo.sock.tab")
+    """This page's member key: the server issues anonymous ones (the identity frame)."""
+    page.wait_for_function("demo.sock.memberKey !== null")
+    return page.evaluate("demo.sock.memberKey")
 
 
 def chat(page, text):

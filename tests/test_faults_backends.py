@@ -24,11 +24,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from heartbeat_app.options import anonymous_token
 from heartbeat_app.stores.redis import RedisStore
 from tests.servers import ServerProcess, free_port, scaled, server_env, wait_for_port
 from tests.test_e2e_presence import open_view, presence_env, until
@@ -214,7 +216,9 @@ async def test_a_consumer_that_raises_is_recorded_server_error_and_hurts_nobody_
             view = await open_view(server, tab, room=room)
             views.append(view)
         keys = {"anon:b1", "anon:b2", "anon:b3", "anon:victim"}
-        victim = await connect(f"{server.url}/ws/crash/{room}/?tab=victim",
+        # The server issues anonymous keys; this token is one it issued, for "anon:victim".
+        victim = await connect(f"{server.url}/ws/crash/{room}/?tab=victim"
+                               f"&anon={quote(anonymous_token('victim'))}",
                                origin=server.origin, ping_interval=None)
         hello = json.loads(await victim.recv())
         assert await until(lambda: all(set(v.members()) == keys for v in views), scaled(5))

@@ -21,9 +21,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
+from heartbeat_app.options import anonymous_token
 from tests.servers import ROOT, scaled, server_env, stop_process
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +180,8 @@ def test_link_cut_mid_session_is_closed_4408_with_presence_leave_and_admin_row(
                                     f"http://127.0.0.1:{PORT}", str(PING_EVERY), LIFETIME], env)
         watchers.append(observer)
         victim = Proc(client_ns, [*WATCHER,
-                                  f"ws://{SERVER_ADDR}:{PORT}/ws/rooms/{room}/?tab=victim",
+                                  f"ws://{SERVER_ADDR}:{PORT}/ws/rooms/{room}/?tab=victim"
+                                  f"&anon={quote(anonymous_token('victim'))}",
                                   f"http://{SERVER_ADDR}:{PORT}", str(PING_EVERY), LIFETIME], env)
         watchers.append(victim)
         hello = until(lambda: next((m["msg"] for m in victim.messages()
