@@ -48,6 +48,44 @@ def _when(moment):
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "–"
 
 
+def _short_when(moment, now=None):
+    """A time as narrow as it can be read: 14:02:11, with the date under it if not today."""
+    if moment is None:
+        return "–"
+    local = timezone.localtime(moment)
+    today = timezone.localtime(now or timezone.now()).date()
+    date = "" if local.date() == today else format_html(
+        '<span class="hb-detail">{}</span>', local.strftime("%b %d"))
+    return format_html('<time class="hb-main" datetime="{}" title="{}">{}</time>{}',
+                       local.isoformat(), _when(moment), local.strftime("%H:%M:%S"), date)
+
+
+def _server(instance_id: str | None) -> str:
+    """host:pid of a server instance, its host cut from the left: pod names differ at the end."""
+    if not instance_id:
+        return "–"
+    host, _, rest = instance_id.partition(":")
+    pid = rest.split(":", 1)[0]
+    if len(host) > 10:
+        host = "…" + host[-8:]
+    return f"{host}:{pid}" if pid else host
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def _two_lines(main: str, detail: str = "", title: str = ""):
+    """A list cell: a main line cut to the column's width, a quiet detail line under it."""
+    return format_html('<span class="hb-main" title="{}">{}</span>{}', title or main, main,
+                       format_html('<span class="hb-detail" title="{}">{}</span>', detail,
+                                   detail) if detail else "")
+
+
 class StatusFilter(admin.SimpleListFilter):
     """``?status=live|stale|zombie|closed``, with the number of sessions in each."""
 
@@ -83,9 +121,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Session)
 class SessionAdmin(ReadOnlyAdmin):
-    list_display = ("short_id", "status_badge", "member", "rooms", "tab", "instance",
-                    "opened", "last_seen", "rtt", "visibility", "close_code",
-                    "close_reason")
+    # Eight columns fit a 1280 px laptop with the navigation open, the filters above the
+    # list (admin/heartbeat_app/change_list.html): the tab and visibility go under the
+    # member, the server under the rooms, the close code under the reason.
+    list_display = ("short_id", "status_badge", "member", "where", "opened", "last_seen",
+                    "rtt", "ended")
     list_filter = (StatusFilter, "close_reason", "instance")
     ordering = ("-opened_at",)
     date_hierarchy = "opened_at"
@@ -118,21 +158,36 @@ class SessionAdmin(ReadOnlyAdmin):
     def status_badge(self, obj):
         return badge(getattr(obj, "status", None) or obj.get_status())
 
+    def _member_name(self, obj) -> str:
+        return str(obj.user) if obj.user_id and obj.user else obj.user_key
+
     @admin.display(description="member", ordering="user_key")
     def member(self, obj):
-        return str(obj.user) if obj.user_id and obj.user else obj.user_key
+        visible = {True: "visible", False: "hidden", None: ""}[obj.visible]
+        detail = " · ".join(part for part in (f"tab {obj.tab}", visible) if part)
+        name = self._member_name(obj)
+        return _two_lines(name, detail, title=f"{name} ({obj.user_key})")
+
+    @admin.display(description="rooms · server", ordering="rooms")
+    def where(self, obj):
+        rooms = obj.rooms.split()
+        shown = rooms[0] if rooms else "–"
+        if len(rooms) > 1:
+            shown = f"{shown} +{len(rooms) - 1}"
+        return format_html('<span class="hb-main" title="{}">{}</span>'
+                           '<span class="hb-detail" title="{}">{}</span>',
+                           " ".join(rooms), shown, obj.instance_id or "", _server(obj.instance_id))
 
     @admin.display(description="opened", ordering="opened_at")
     def opened(self, obj):
-        return _when(obj.opened_at)
+        return _short_when(obj.opened_at)
 
     @admin.display(description="last seen", ordering="last_seen_at")
     def last_seen(self, obj):
-        text = _when(obj.last_seen_at)
         if obj.closed_at is None:
             ago = (timezone.now() - obj.last_seen_at).total_seconds()
-            text = f"{text} ({ago:.0f} s ago)"
-        return text
+            return format_html('<span title="{}">{}</span>', _when(obj.last_seen_at), _ago(ago))
+        return _short_when(obj.last_seen_at)
 
     @admin.display(description="RTT", ordering="rtt_ms")
     def rtt(self, obj):
@@ -140,9 +195,18 @@ class SessionAdmin(ReadOnlyAdmin):
             return "–"
         return f"{obj.rtt_ms:.1f} ms"
 
-    @admin.display(description="visible", ordering="visible")
-    def visibility(self, obj):
-        return {True: "visible", False: "hidden", None: "–"}[obj.visible]
+    @admin.display(description="ended", ordering="close_reason")
+    def ended(self, obj):
+        """Why it ended, with the close code and its meaning under the reason."""
+        if obj.closed_at is None:
+            return "–"
+        try:
+            meaning = CloseCode(obj.close_code).description
+        except (ValueError, TypeError):
+            meaning = ""
+        code = "" if obj.close_code is None else str(obj.close_code)
+        return _two_lines(obj.close_reason or str(CloseReason.CLOSED), code,
+                          title=" ".join(part for part in (code, meaning) if part))
 
     @admin.display(description="story")
     def story(self, obj):
@@ -211,8 +275,9 @@ class SessionAdmin(ReadOnlyAdmin):
 
 @admin.register(ServerInstance)
 class ServerInstanceAdmin(ReadOnlyAdmin):
-    list_display = ("id", "status_badge", "host", "pid", "started_at", "last_beat",
-                    "session_count", "open_rows")
+    # The id is host:pid:random, so host and pid need no columns of their own.
+    list_display = ("id", "status_badge", "started", "beat", "stopped", "session_count",
+                    "open_rows")
     readonly_fields = ("status_badge",)
     search_fields = ("id", "host")
 
@@ -224,9 +289,24 @@ class ServerInstanceAdmin(ReadOnlyAdmin):
     def status_badge(self, obj):
         return badge(getattr(obj, "status", None) or obj.get_status())
 
-    @admin.display(description="open session rows", ordering="open_count")
+    @admin.display(description="open rows", ordering="open_count")
     def open_rows(self, obj):
         return getattr(obj, "open_count", None)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj):
+        return _short_when(obj.started_at)
+
+    @admin.display(description="last beat", ordering="last_beat")
+    def beat(self, obj):
+        if obj.stopped_at is None:
+            ago = (timezone.now() - obj.last_beat).total_seconds()
+            return format_html('<span title="{}">{}</span>', _when(obj.last_beat), _ago(ago))
+        return _short_when(obj.last_beat)
+
+    @admin.display(description="stopped", ordering="stopped_at")
+    def stopped(self, obj):
+        return _short_when(obj.stopped_at)
 
 
 @admin.register(PresenceRoom)
