@@ -79,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_MAX_MEMBERS": None,
     # Broadcasts (typing, cursors) per second per sender and event; latest wins.
     "PRESENCE_SIGNAL_RATE": 10.0,
+    # Who may read the metrics view: addresses or networks (CIDR); staff users too if True.
+    "HEARTBEAT_METRICS_ALLOWED_IPS": [],
+    "HEARTBEAT_METRICS_ALLOW_STAFF": False,
     # Connections in the presence store's pool per process; callers wait, never fail.
     "PRESENCE_REDIS_MAX_CONNECTIONS": 50,
 }

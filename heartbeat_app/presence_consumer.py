@@ -180,17 +180,30 @@ class PresenceMixin:
             return None
         if self._presence_tracker is None:
             self._presence_link(session, send, layer)
+        was_in = room in session.rooms
         refused = await self._presence_tracker.join(
             session, [room], self.get_presence_meta(), layer=layer, send=send,
             fetch=self._presence_fetcher())
-        return room not in refused
+        if room in refused:
+            return False
+        if not was_in:
+            await _maybe_await(self.presence_joined(room))
+        return True
 
     async def presence_leave(self, room: str) -> bool:
         """Leave ``room`` and stay connected (reason ``left``); False if not in it."""
         tracker, session = self._presence_tracker, self._presence_session
-        if tracker is None or session is None:
+        if tracker is None or session is None or not await tracker.leave_room(session, room):
             return False
-        return await tracker.leave_room(session, room)
+        await _maybe_await(self.presence_left(room, LeaveReason.LEFT))
+        return True
+
+    def presence_joined(self, room: str):
+        """Called once the session joined ``room`` while connected (a join frame or
+        ``presence_join()``); may be async. Join your own groups of the room here."""
+
+    def presence_left(self, room: str, reason: LeaveReason):
+        """Called once the session left ``room`` while connected; may be async."""
 
     async def presence_update(self, room: str, state) -> bool:
         """Set this session's ``state`` in ``room`` (a dict, or a function of the current one)."""
@@ -204,8 +217,7 @@ class PresenceMixin:
         return tracker.update_state(session, room, state)
 
     async def _presence_allowed(self, room: str) -> bool:
-        allowed = self.can_join_presence(room)
-        return bool(await allowed if inspect.isawaitable(allowed) else allowed)
+        return bool(await _maybe_await(self.can_join_presence(room)))
 
     async def _presence_offer(self, session: SessionState, text: str, allow) -> bool:
         """Take a client's presence request for the worker; True if the frame was one.
@@ -304,3 +316,7 @@ class PresenceMixin:
             return
         if event["room"] in session.rooms:  # not a room it left since
             await send(protocol.presence_diff(event["room"], event["joins"], event["leaves"]))
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value

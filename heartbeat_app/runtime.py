@@ -159,5 +159,10 @@ def install(runtime: Runtime | None) -> Runtime | None:
 
 
 def snapshot() -> dict[str, dict]:
-    """The metrics of every runtime of this process, added up; callable from sync code."""
+    """The metrics of every runtime of this process, added up.
+
+    Callable from sync code and from other threads: every value is a plain number
+    a service keeps up to date (gauges that depend on live state are computed at
+    the service's tick, not when read).
+    """
     return merge([runtime.metrics.registry.snapshot() for runtime in list(_runtimes.values())])

@@ -84,8 +84,9 @@ class Tracker(Service):
         self._joining: list[tuple] = []  # (local, rooms, new rooms, done)
         self._join_task: asyncio.Task | None = None
         self._beaten = False
-        self.metrics.rooms.set_function(
-            lambda: len({room for local in self.local.values() for room in local.metas}))
+        self.room_count = 0  # rooms with local sessions, as of the last tick
+        # A plain number: a scrape from another thread never walks self.local.
+        self.metrics.rooms.set_function(lambda: self.room_count)
 
     @property
     def degraded(self) -> bool:
@@ -286,6 +287,7 @@ class Tracker(Service):
         except StoreUnavailable:
             pass
         await self.announcer.flush(now)
+        self.room_count = len({room for local in self.local.values() for room in local.metas})
 
     async def _refresh(self, now: float) -> None:
         # Every local session is refreshed once a third of the TTL: one call per

@@ -254,3 +254,27 @@ async def test_the_python_api_joins_updates_and_leaves():
     assert await presence.arooms_of(2) == ["lobby", "private-club"]
     for c in (watcher, driven):
         await c.disconnect()
+
+
+class Hooked(Live):
+    """Keeps its own group of each room it is in: joined and left through the hooks."""
+
+    async def presence_joined(self, room):
+        self.scope.setdefault("events", []).append(("joined", room))
+
+    def presence_left(self, room, reason):
+        self.scope.setdefault("events", []).append(("left", room, reason))
+
+
+async def test_the_join_and_leave_hooks_run_after_a_move_while_connected():
+    c = await client(1, consumer=Hooked)
+    events = c.scope.setdefault("events", [])
+    await c.send_json_to({"type": "join", "room": "b"})
+    await next_of(c, "presence_state", room="b")
+    await c.send_json_to({"type": "join", "room": "b"})  # already in: no second event
+    await next_of(c, "presence_state", room="b")
+    await c.send_json_to({"type": "leave", "room": "b"})
+    await c.send_json_to({"type": "leave", "room": "b"})  # not in: refused, no event
+    await next_of(c, "error")
+    assert events == [("joined", "b"), ("left", "b", "left")]
+    await c.disconnect()
