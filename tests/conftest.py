@@ -1,7 +1,8 @@
 """Shared fixtures. Under CI (CI=true) a skipped test is a failed test.
 
-Time: every test that moves time uses the one ``FakeClock`` below (monotonic and
-wall clock moving together), through a runtime installed on the test's loop.
+Time: every test that moves time uses the one ``FakeClock`` (the testing kit's,
+heartbeat_app.testing: monotonic and wall clock moving together), through a runtime
+installed on the test's loop.
 """
 
 import os
@@ -11,48 +12,8 @@ import sys
 
 import pytest
 
-from heartbeat_app.clock import Clock
 from heartbeat_app.runtime import Runtime, install
-
-MONOTONIC_START = 1000.0
-WALL_START = 1_800_000_000.0
-
-
-class FakeClock(Clock):
-    """A clock that moves only when told to; monotonic and wall time move together."""
-
-    def __init__(self, monotonic: float = MONOTONIC_START, wall: float = WALL_START):
-        self._monotonic = self._start = monotonic
-        self._wall = wall
-
-    def monotonic(self) -> float:
-        return self._monotonic
-
-    def wall(self) -> float:
-        return self._wall
-
-    def advance(self, seconds: float) -> None:
-        """Move both clocks forward."""
-        self._monotonic += seconds
-        self._wall += seconds
-
-    @property
-    def now(self) -> float:
-        """The monotonic reading; setting it moves the wall clock by as much."""
-        return self._monotonic
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self.advance(value - self._monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the clock was made; setting it moves both clocks there."""
-        return self._monotonic - self._start
-
-    @elapsed.setter
-    def elapsed(self, value: float) -> None:
-        self.now = self._start + value
+from heartbeat_app.testing import FakeClock
 
 
 @pytest.fixture
