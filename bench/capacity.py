@@ -40,7 +40,9 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold):
     path = "/ws/bare/" if variant == "bare" else "/ws/rooms/cap{room}/"
     rec = {"variant": variant, "target": n}
     with bl.Server(work, "daphne", env, name=f"cap-{variant}") as server:
-        warm = bl.LoadClient(port=server.port, count=WARM, path=path, source="127.0.0.1")
+        hello = variant != "bare"  # the bare consumer sends no hello
+        warm = bl.LoadClient(port=server.port, count=WARM, path=path, source="127.0.0.1",
+                             hello=hello)
         clients = []
         pinger = None
         try:
@@ -52,7 +54,8 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold):
             share = math.ceil(rest / k)
             clients = [bl.LoadClient(port=server.port, count=min(share, rest - i * share),
                                      path=path, offset=WARM + i * share,
-                                     source=f"127.0.0.{2 + i}", inflight=inflight, timeout=120)
+                                     source=f"127.0.0.{2 + i}", inflight=inflight, timeout=120,
+                                     hello=hello)
                        for i in range(k)]
             time.sleep(0.5)  # client processes started
             c0, t0 = server.cpu_seconds(), time.time()

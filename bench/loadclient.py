@@ -5,6 +5,12 @@ JSON line on stdout. Connections answer the mixin's server probes (so they are i
 healthy), can be muted all at once (a frozen client: nothing sent, still reading), and
 can reconnect with the bundled JS client's backoff after losing the server.
 
+A connection counts as back only once it got the server's ``hello``. A refused
+handshake (the admission gate accepts it, sends ``{"type":"close","code":4013,
+"retry_after_ms":N}`` and closes with 4013; a draining server does the same with
+4001) is retried as heartbeat.js does: after ``retry_after_ms`` plus the backoff's
+jitter, with the attempt counter going up; refusals are recorded by close code.
+
 Commands: connect | mute | report | stats | quit
 """
 
@@ -29,6 +35,14 @@ def backoff(attempt: int, base=1.0, low=0.5, high=30.0) -> float:
     return floor + random.random() * (cap - floor)
 
 
+class Refused(Exception):
+    """The server sent its close notice (or closed) before ``hello``."""
+
+    def __init__(self, code: int | None, hint_ms: int | None):
+        super().__init__(f"closed {code} before hello")
+        self.code, self.hint_ms = code, hint_ms
+
+
 class Load:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -48,6 +62,9 @@ class Load:
         self.lost_count = 0
         self.sem = asyncio.Semaphore(cfg.get("inflight", 50))
         self.rtts: list[tuple[float, float]] = []
+        self.refusals: dict[int, int] = {}  # close code before hello (4013, 4001, ...)
+        self.hints_ms: list[int] = []  # the retry_after_ms of every notice
+        self.notices: dict[int, int] = {}  # close notices of established connections
 
     def path(self, i):
         return self.cfg["path"].format(room=(self.cfg.get("offset", 0) + i) //
@@ -61,27 +78,57 @@ class Load:
                 self.last_sent[client.index] = client.last_sent
                 self.probes += 1
         elif b'"hello"' in payload:
-            self.sessions[client.index] = json.loads(payload).get("session", "")
+            message = json.loads(payload)
+            if message.get("type") == "hello":
+                self.sessions[client.index] = message.get("session", "") or ""
+                if not client.greeted.done():
+                    client.greeted.set_result(True)
+        elif b'"close"' in payload:
+            message = json.loads(payload)
+            if message.get("type") == "close":
+                hint = message.get("retry_after_ms")
+                client.hint_ms = hint if isinstance(hint, int | float) else None
+                client.notice_code = message.get("code")
+                if client.hint_ms is not None:
+                    self.hints_ms.append(int(client.hint_ms))
 
     def on_close(self, client):
         code = client.close_code if client.close_code is not None else 1006
+        if not client.greeted.done() and (self.cfg.get("hello", True)
+                                          or self.clients[client.index] is not client):
+            # Refused (or lost) before hello: the attempt that opened it retries.
+            client.greeted.set_exception(Refused(code, client.hint_ms))
+            client.greeted.exception()  # retrieved: no "never retrieved" warning
+            return
         self.closes[code] = self.closes.get(code, 0) + 1
-        # Only a connection that was open starts a reconnect loop; a failed attempt is
-        # retried by the loop that made it.
-        if self.cfg.get("reconnect") and client.was_open and not self.muted:
+        if client.notice_code is not None:
+            self.notices[code] = self.notices.get(code, 0) + 1
+        # Only a session that was established starts a reconnect loop; a failed attempt
+        # is retried by the loop that made it.
+        if self.cfg.get("reconnect") and not self.muted and self.clients[client.index] is client:
             self.lost_count += 1
-            asyncio.ensure_future(self.reconnect(client.index))
+            asyncio.ensure_future(self.reconnect(client.index, client.hint_ms))
 
     async def open_one(self, i):
+        """Open connection i and wait for hello; Refused if closed before it."""
         def make(*args, **kwargs):
             client = rawws.Client(*args, **kwargs)
             client.index, client.muted = i, self.muted
+            client.greeted = asyncio.get_running_loop().create_future()
+            client.hint_ms = client.notice_code = None
             return client
 
         t = time.perf_counter()
+        timeout = self.cfg.get("timeout", 30.0)
         client = await rawws.connect(self.host, self.port, self.path(i), source=self.source,
                                      on_text=self.on_text, on_close=self.on_close,
-                                     factory=make, timeout=self.cfg.get("timeout", 30.0))
+                                     factory=make, timeout=timeout)
+        try:
+            if self.cfg.get("hello", True):  # False for consumers that send no hello
+                await asyncio.wait_for(asyncio.shield(client.greeted), timeout)
+        except TimeoutError:
+            client.transport.abort()
+            raise TimeoutError("no hello") from None
         self.connect_ms.append((time.perf_counter() - t) * 1000)
         self.clients[i] = client
         self.last_sent[i] = time.time()
@@ -89,12 +136,26 @@ class Load:
 
     async def connect_all(self):
         async def one(i):
-            async with self.sem:
-                try:
-                    await self.open_one(i)
-                except Exception as exc:
-                    key = str(exc)[:60] or type(exc).__name__
+            attempt, tries = 0, self.cfg.get("connect_tries", 20)
+            while True:
+                async with self.sem:
+                    try:
+                        await self.open_one(i)
+                        return
+                    except Refused as exc:
+                        self.refusals[exc.code] = self.refusals.get(exc.code, 0) + 1
+                        hint = (exc.hint_ms or 0) / 1000
+                    except Exception as exc:
+                        key = str(exc)[:60] or type(exc).__name__
+                        self.errors[key] = self.errors.get(key, 0) + 1
+                        return
+                attempt += 1
+                if attempt >= tries:
+                    key = "refused too often"
                     self.errors[key] = self.errors.get(key, 0) + 1
+                    return
+                # Outside the semaphore: a client told to wait holds no slot.
+                await asyncio.sleep(hint + backoff(attempt))
 
         t0 = time.time()
         await asyncio.gather(*(one(i) for i in range(len(self.clients))))
@@ -103,15 +164,22 @@ class Load:
                 "errors": self.errors, "t0": t0, "t1": time.time(),
                 "connect_ms": self.connect_ms}
 
-    async def reconnect(self, i):
+    async def reconnect(self, i, hint_ms=None):
+        """heartbeat.js after a close: wait backoff(attempt) + the hint, try, repeat."""
         attempt = 0
+        self.clients[i] = None
         while True:
-            await asyncio.sleep(backoff(attempt))
+            await asyncio.sleep(backoff(attempt) + (hint_ms or 0) / 1000)
             try:
                 await self.open_one(i)
             except Exception as exc:
                 self.failures.append(time.time())
-                if isinstance(exc, ConnectionRefusedError):
+                hint_ms = None
+                if isinstance(exc, Refused):
+                    self.refusals[exc.code] = self.refusals.get(exc.code, 0) + 1
+                    hint_ms = exc.hint_ms
+                    key = f"refused {exc.code}"
+                elif isinstance(exc, ConnectionRefusedError):
                     key = "connection refused"
                 elif isinstance(exc, OSError) and exc.errno:
                     key = os.strerror(exc.errno).lower()
@@ -184,7 +252,9 @@ async def main(cfg):
             reply({"event": "stats", "open": sum(1 for c in load.clients if c and c.is_open),
                    "closes": load.closes, "probes": load.probes, "errors": load.errors,
                    "arrivals": load.arrivals, "failures": load.failures,
-                   "lost": load.lost_count, "rtts": load.rtts})
+                   "lost": load.lost_count, "rtts": load.rtts, "refusals": load.refusals,
+                   "notices": load.notices, "hints_ms": load.hints_ms,
+                   "connect_ms": load.connect_ms})
     for c in load.clients:
         if c is not None and c.transport is not None:
             c.transport.abort()

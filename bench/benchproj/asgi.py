@@ -1,4 +1,5 @@
-"""ASGI app of the benchmark servers: the demo's routes plus /ws/bare/ and /ws/peerdb/.
+"""ASGI app of the benchmark servers: the demo's routes plus /ws/bare/, /ws/baregroup/<room>/
+and /ws/peerdb/, behind the demo's middleware stack (AdmissionMiddleware outermost).
 
 BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_GC_LOG=1
 every full (generation 2) garbage collection longer than 10 ms is
@@ -39,16 +40,19 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from heartbeat_app.admission import AdmissionMiddleware  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
 
-from .consumers import BareConsumer, PeerDbConsumer  # noqa: E402
+from .consumers import BareConsumer, BareGroupConsumer, PeerDbConsumer  # noqa: E402
 
-# The same middleware stack as the demo for every route, so only the consumer differs.
+# The same middleware stack as the demo (project/asgi.py) for every route, admission gate
+# outermost, so only the consumer differs.
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([
+    "websocket": AdmissionMiddleware(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([
         *websocket_urlpatterns,
         re_path(r"^ws/bare/$", BareConsumer.as_asgi()),
+        re_path(r"^ws/baregroup/(?P<room>[A-Za-z0-9_.-]{1,64})/$", BareGroupConsumer.as_asgi()),
         re_path(r"^ws/peerdb/$", PeerDbConsumer.as_asgi()),
-    ]))),
+    ])))),
 })

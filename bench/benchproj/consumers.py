@@ -2,6 +2,9 @@
 
 - ``BareConsumer``: a plain AsyncWebsocketConsumer that answers a ping with a pong,
   the floor any heartbeat layer is measured against.
+- ``BareGroupConsumer``: a plain AsyncWebsocketConsumer that joins a group of its room
+  at connect (as the demo's consumer joins its room's presence group), greets with a
+  ``hello`` frame, and leaves the group at disconnect: the floor of a handshake.
 - ``PeerDbConsumer``: the design of the Django presence peers, written plainly (not
   their code): a row per connection, and an ORM ``UPDATE ... last_seen`` for every
   heartbeat before the pong goes out.
@@ -35,6 +38,21 @@ class BareConsumer(AsyncWebsocketConsumer):
         reply = _pong(text_data) if text_data is not None else None
         if reply is not None:
             await self.send(text_data=reply)
+
+
+class BareGroupConsumer(BareConsumer):
+    """``/ws/baregroup/<room>/``: joins the room's group, says hello, answers pings."""
+
+    async def connect(self):
+        self.group = f"bare.{self.scope['url_route']['kwargs']['room']}"
+        await self.accept()
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.send(text_data=json.dumps({"type": "hello", "session": self.channel_name}))
+
+    async def disconnect(self, code):
+        if self.channel_layer is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
 
 
 @database_sync_to_async
