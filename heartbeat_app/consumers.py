@@ -287,8 +287,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
             return False
         if not await self._heartbeat_allow(session):
             return True
-        if beat.visible is not None and beat.visible != session.visible:
-            session.visible = beat.visible
+        if session.client_report(beat.visible, beat.rtt_ms):
             self._presence_visibility(session)
         runtime = self._heartbeat_runtime
         if beat.type == protocol.PING:

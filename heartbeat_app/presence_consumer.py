@@ -77,9 +77,13 @@ class PresenceMixin:
             return True
         for room in rooms:
             if not protocol.valid_room_name(room):
-                raise ValueError(
-                    f"Presence room names are 1 to 80 letters, digits, '_', '-' or '.': {room!r}"
-                )
+                # A bad room name from the URL: the client cannot fix it by retrying.
+                logger.info("session %s: invalid presence room %r: closing 4400", session.id, room)
+                await send(presence_messages.refusal(
+                    presence_messages.ERR_INVALID_ROOM, str(room)[:80],
+                    "Room names are 1 to 80 letters, digits, '_', '-' or '.'."))
+                await self.close(code=int(CloseCode.PROTOCOL_ERROR))
+                return False
         for room in rooms:
             allowed = self.can_join_presence(room)
             if inspect.isawaitable(allowed):

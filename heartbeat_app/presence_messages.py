@@ -25,6 +25,7 @@ REQUEST_TYPES = frozenset({JOIN, LEAVE, PRESENCE_UPDATE, BROADCAST})
 ERR_NOT_IN_ROOM = "not_in_room"
 ERR_ROOM_FULL = "room_full"
 ERR_INVALID_STATE = "invalid_state"
+ERR_INVALID_ROOM = "invalid_room"
 
 MAX_REQUEST_FRAME = 8192  # characters of one request frame
 MAX_STATE_BYTES = 1024  # a presence_update's state, encoded

@@ -36,6 +36,7 @@ MAX_HEARTBEAT_FRAME = 4096  # characters of one ping/pong frame
 MAX_ID_LENGTH = 128  # characters of a string id
 MAX_BRACKETS = 64  # "[" and "{" in one heartbeat frame; a ping has one
 MAX_INT_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: beyond it browsers lose precision
+MAX_RTT_MS = 600_000  # a reported round trip longer than ten minutes is not one
 
 # Error slugs carried by {"type": "error", "code": ...}.
 ERR_INVALID_JSON = "invalid_json"
@@ -193,6 +194,7 @@ class Heartbeat:
     type: str
     id: str | int | None = None
     visible: bool | None = None
+    rtt_ms: float | None = None  # the round trip the client measured for its last ping
 
 
 def looks_like_heartbeat(text: str) -> bool:
@@ -249,7 +251,12 @@ def parse_heartbeat(content: Any) -> Heartbeat | None:
     visible = content.get("visible")
     if visible is not None and not isinstance(visible, bool):
         raise ProtocolError(ERR_INVALID_MESSAGE, '"visible" must be true or false.')
-    return Heartbeat(kind, ident, visible)
+    rtt = content.get("rtt_ms")
+    if rtt is not None and (isinstance(rtt, bool) or not isinstance(rtt, (int, float))
+                            or not 0 <= rtt <= MAX_RTT_MS):
+        raise ProtocolError(ERR_INVALID_MESSAGE,
+                            f'"rtt_ms" must be a number of milliseconds from 0 to {MAX_RTT_MS}.')
+    return Heartbeat(kind, ident, visible, None if rtt is None else float(rtt))
 
 
 def _check_id(ident: Any) -> None:

@@ -90,6 +90,17 @@ class SessionState:
         self.probe_sent_raw = monotonic
         return self.probe_id
 
+    def client_report(self, visible: bool | None, rtt_ms: float | None) -> bool:
+        """Take what a ping reports; True if the visibility changed (a presence update)."""
+        if rtt_ms is not None:
+            self.record_rtt(rtt_ms / 1000)  # measured by a client that pings by itself
+        if visible is None:
+            return False
+        # Metas start visible: a first "visible": true is no change, and makes no diff.
+        changed = visible != (True if self.visible is None else self.visible)
+        self.visible = visible
+        return changed
+
     def record_rtt(self, seconds: float) -> None:
         """Record one measured round trip."""
         self.rtt = seconds

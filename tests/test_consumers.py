@@ -428,3 +428,4 @@ async def test_a_cancelled_consumer_ends_its_session_as_a_shutdown(clock, heartb
         await communicator.future
     assert closes(heartbeat_signals) == [(1001, "server_shutdown")]
     assert not get_scheduler().sessions
+

@@ -253,8 +253,11 @@ async def test_bad_room_name_is_refused(clock, room):
     communicator.scope["url_route"] = {"kwargs": {"room": room}}
     await communicator.connect()
     assert (await communicator.receive_json_from())["type"] == "hello"
-    with pytest.raises(ValueError, match="Presence room names"):
-        await communicator.receive_output()
+    # An error frame and 4400 (no reconnect: retrying cannot fix the name), no traceback.
+    error = await communicator.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "invalid_room")
+    closed = await communicator.receive_output()
+    assert closed == {"type": "websocket.close", "code": 4400}
     assert await presence.arooms() == {}
 
 
@@ -303,3 +306,22 @@ async def test_a_late_store_call_on_a_lagging_loop_is_not_an_outage(make_runtime
     assert runtime.metrics.outages.value() == 0
     assert runtime.metrics.store_calls_late.value() >= 1
     await communicator.disconnect(code=1000)
+
+
+async def test_a_first_visible_true_makes_no_diff_and_a_reported_rtt_is_kept(clock):
+    """Metas start visible; a client that pings by itself reports its round trip."""
+    watcher, _, _ = await join(tab="w", user=user(1))
+    await next_diff(watcher)
+    pinger, hello, _ = await join(tab="p", user=user(2))
+    await next_diff(watcher)  # its join
+    await pinger.send_json_to({"type": "ping", "id": 1, "visible": True, "rtt_ms": 42.5})
+    while (await pinger.receive_json_from())["type"] != "pong":
+        pass  # its own join's diff may come first
+    assert await watcher.receive_nothing(timeout=6 * TICK)  # no update, no diff
+    session = next(s for s in clock.scheduler.sessions if s.id == hello["session"])
+    assert session.rtt == pytest.approx(0.0425) and session.visible is True
+    await pinger.send_json_to({"type": "ping", "id": 2, "visible": False})
+    diff = await next_diff(watcher)
+    assert diff["leaves"]["2"]["metas"][0]["reason"] == "update"
+    await pinger.disconnect()
+    await watcher.disconnect()

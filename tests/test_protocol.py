@@ -536,3 +536,11 @@ def test_reasons_are_their_wire_strings():
     assert protocol.CloseReason.TRANSPORT_LOST == "transport_lost"
     assert protocol.LeaveReason.INSTANCE_LOST == "instance_lost"
     assert protocol.dumps({"reason": protocol.LeaveReason.TIMEOUT}) == '{"reason":"timeout"}'
+
+
+def test_a_ping_may_report_the_round_trip_its_client_measured():
+    assert protocol.parse_heartbeat({"type": "ping", "id": 3, "rtt_ms": 12.5}).rtt_ms == 12.5
+    assert protocol.parse_heartbeat({"type": "ping", "id": 3}).rtt_ms is None
+    for bad in (-1, "12", True, 10**9):
+        with pytest.raises(ProtocolError):
+            protocol.parse_heartbeat({"type": "ping", "id": 3, "rtt_ms": bad})

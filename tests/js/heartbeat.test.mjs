@@ -249,11 +249,22 @@ describe("visibility and lifecycle", () => {
     pong();
     clock.tick(100);
     page.setVisible(true);
-    assert.deepEqual(w.pings().at(-1), { type: "ping", id: 3, visible: true });
+    // After a pong, each ping reports the round trip measured (0 ms on the fake clock).
+    assert.deepEqual(w.pings().at(-1), { type: "ping", id: 3, visible: true, rtt_ms: 0 });
     clock.tick(4999);
     assert.equal(of("close").length, 0);
     clock.tick(1);
     assert.equal(of("close")[0].code, 4408, "probe deadline is 5 s, not the 10 s timeout");
+  });
+
+  test("a ping reports the last round trip the client measured", () => {
+    const { open, pong, clock } = setup();
+    const w = open();
+    assert.equal("rtt_ms" in w.pings()[0], false, "nothing measured yet");
+    clock.tick(37);
+    pong();
+    clock.tick(25000);
+    assert.equal(w.pings().at(-1).rtt_ms, 37);
   });
 
   test("the client-side timeout is not enforced while hidden, and pings go on", () => {

@@ -665,7 +665,11 @@
       if (!this._ws || this._state !== "open") return;
       var now = this._now(), id = ++this._seq;
       this._pings[id] = now;
-      this._raw({type: "ping", id: id, visible: !this._hidden()});
+      var ping = {type: "ping", id: id, visible: !this._hidden()};
+      // The round trip this client measured last: the server only measures its own probes,
+      // which a client that pings by itself never needs.
+      if (this.rtt != null) ping.rtt_ms = Math.round(this.rtt * 10) / 10;
+      this._raw(ping);
       var due = now + within, d = this._deadline;
       if (d == null) d = due;
       else if (d <= now) d = probe ? due : d;   // a missed deadline stays missed, unless probed
