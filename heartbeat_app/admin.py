@@ -130,7 +130,7 @@ class SessionAdmin(ReadOnlyAdmin):
     ordering = ("-opened_at",)
     date_hierarchy = "opened_at"
     list_per_page = 100
-    actions = ("disconnect_sessions", "probe_sessions")
+    actions = ("disconnect_sessions", "disconnect_members", "ban_members", "probe_sessions")
     readonly_fields = ("status_badge", "story")
     fieldsets = (
         (None, {"fields": ("status_badge", "story")}),
@@ -261,6 +261,26 @@ class SessionAdmin(ReadOnlyAdmin):
             "reason": f"closed by {request.user.get_username()}"}, "disconnect")
         if sent:
             self.message_user(request, f"Asked {sent} session(s) to close with 4000.")
+
+    def _disconnect_members(self, request, queryset, code: CloseCode):
+        keys = set(queryset.values_list("user_key", flat=True))
+        every = Session.objects.filter(user_key__in=keys)
+        sent = self._send(request, every, {
+            "type": "heartbeat.disconnect", "code": int(code),
+            "reason": f"closed by {request.user.get_username()}"}, "disconnect")
+        if sent:
+            self.message_user(request, f"Asked {sent} session(s) of {len(keys)} member(s) to "
+                              f"close with {int(code)}.")
+
+    @admin.action(description="Disconnect every session of these members (4000: may reconnect)",
+                  permissions=["change"])
+    def disconnect_members(self, request, queryset):
+        self._disconnect_members(request, queryset, CloseCode.SERVER_CLOSE)
+
+    @admin.action(description="Disconnect every session of these members (4403: may not "
+                              "reconnect)", permissions=["change"])
+    def ban_members(self, request, queryset):
+        self._disconnect_members(request, queryset, CloseCode.FORBIDDEN)
 
     @admin.action(description="Probe selected sessions (server ping now)",
                   permissions=["change"])

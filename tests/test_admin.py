@@ -334,3 +334,34 @@ def test_prune_deletes_old_closed_rows_in_batches(db):
     call_command("heartbeat_prune", "--days", "30", "--batch-size", "10")
     assert Session.objects.filter(id__startswith="old").count() == 0
     assert Session.objects.count() == 8
+
+
+async def test_member_actions_close_every_session_of_the_member(clock, staff):
+    """An operator acts on a user: all its tabs, 4000 (reconnect) or 4403 (stay away)."""
+    from types import SimpleNamespace
+
+    alice = SimpleNamespace(pk=77, is_authenticated=True)
+    tabs = [await open_session(f"alice{i}", user=alice) for i in range(2)]
+    bystander, _ = await open_session("bob")
+    await clock.recorder.step(force=True)
+    response = await staff.post(URL, {"action": "ban_members",
+                                      "_selected_action": [tabs[0][1]]})
+    assert response.status_code == 302
+    for communicator, _ in tabs:
+        closed = await communicator.receive_output(timeout=2)
+        assert closed["type"] == "websocket.close" and closed["code"] == 4403
+        await communicator.disconnect(code=4403)
+    while not await bystander.receive_nothing(timeout=0.3):  # diffs of alice leaving, at most
+        assert (await bystander.receive_output())["type"] != "websocket.close"
+    await bystander.disconnect()
+
+
+def test_prune_deletes_old_instance_rows_that_hold_no_session(db):
+    old = timezone.now() - timedelta(days=40)
+    for name in ("gone", "kept"):
+        ServerInstance.objects.create(id=name, host="h", pid=1, started_at=old,
+                                      last_beat=old, stopped_at=old)
+    Session.objects.create(id="s" * 32, user_key="k", tab="t", instance_id="kept",
+                           opened_at=old, last_seen_at=old)
+    call_command("heartbeat_prune", "--days", "30")
+    assert list(ServerInstance.objects.values_list("id", flat=True)) == ["kept"]

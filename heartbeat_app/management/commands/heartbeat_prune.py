@@ -1,9 +1,9 @@
-"""Delete closed session rows older than the retention, in batches."""
+"""Delete closed session rows older than the retention, and stopped or lost instances' rows."""
 
 from django.core.management.base import BaseCommand, CommandError
 
 from heartbeat_app import conf
-from heartbeat_app.models import Session
+from heartbeat_app.models import ServerInstance, Session
 from heartbeat_app.recorder import retention_cutoff
 
 
@@ -14,7 +14,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--days", type=float, default=None,
                             help="Keep closed sessions this many days.")
-        parser.add_argument("--batch-size", type=int, default=1000)
+        parser.add_argument("--batch-size", type=int, default=1000,
+                            help="Rows deleted per statement (default 1000), so a big prune "
+                                 "never holds a long lock.")
 
     def handle(self, *args, days=None, batch_size=1000, **options):
         if days is None:
@@ -32,4 +34,9 @@ class Command(BaseCommand):
             if not ids:
                 break
             total += Session.objects.filter(pk__in=ids).delete()[0]
-        self.stdout.write(f"Deleted {total} closed session(s) older than {days:g} day(s).")
+        # Server instances that stopped or went silent before the cutoff and hold no row.
+        instances = ServerInstance.objects.filter(last_beat__lt=cutoff).exclude(
+            pk__in=Session.objects.filter(instance__isnull=False).values("instance"))
+        gone = instances.delete()[0]
+        self.stdout.write(f"Deleted {total} closed session(s) older than {days:g} day(s) "
+                          f"and {gone} server instance row(s).")
