@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import time
 
 from bench import benchlib as bl
@@ -23,7 +24,7 @@ def run(args):
     facts = bl.machine()
     work = bl.Workdir("storm")
     runs = [storm(work, n, args) for n in (int(x) for x in str(args.clients).split(","))]
-    data = {"machine": facts, "args": vars(args), "runs": runs}
+    data = {"machine": facts, "commit": args.commit, "args": vars(args), "runs": runs}
     bl.save_results("storm", data)
     plot(data)
     bl.update_doc("storm", render(data))
@@ -49,7 +50,10 @@ def storm(work, n_clients, args):
                                pinger_path="/ws/bare/", ping_every=0.05)
         time.sleep(3)
         t_kill = time.time()
-        server.kill9()
+        if args.signal == "term":
+            server.stop()  # SIGTERM: the drain closes every client with 4001 and a hint
+        else:
+            server.kill9()
         time.sleep(args.down)
         t_start = time.time()
         server = bl.Server(work, "daphne", env, name="storm", port=server.port).start()
@@ -78,6 +82,14 @@ def storm(work, n_clients, args):
     for s in stats:
         for key, v in s["errors"].items():
             errors[key] = errors.get(key, 0) + v
+    refusals: dict[str, int] = {}
+    notices: dict[str, int] = {}
+    for s in stats:
+        for key, v in s.get("refusals", {}).items():
+            refusals[key] = refusals.get(key, 0) + v
+        for key, v in s.get("notices", {}).items():
+            notices[key] = notices.get(key, 0) + v
+    hints = [h for s in stats for h in s.get("hints_ms", [])]
     rtts = [(t - t_kill, r * 1000 if r == r else None) for t, r in ps["rtts"]]
     after = [r for t, r in rtts if t >= t_ready - t_kill and r is not None]
     per_sec: dict[int, int] = {}
@@ -96,6 +108,12 @@ def storm(work, n_clients, args):
         "ping_p50_ms": bl.pct(after, 50), "ping_p99_ms": bl.pct(after, 99),
         "ping_max_ms": max(after) if after else None, "pings_after_restart": len(after),
         "tracebacks": log.count("Traceback"),
+        "refusals": refusals, "drain_notices": notices,
+        "hint_p50_ms": bl.pct(hints, 50), "hint_max_ms": max(hints) if hints else None,
+        "handshake_timeouts": sum(v for key, v in errors.items()
+                                  if "TimeoutError" in key or "no hello" in key),
+        "http_5xx": sum(v for key, v in errors.items()
+                        if key.startswith("HTTP/") and " 5" in key[8:12]),
         "http_500": sum(v for key, v in errors.items() if " 500 " in key),
         "http_refused": sum(v for key, v in errors.items() if key.startswith("HTTP/")),
         "max_connections_errors": log.count("MaxConnectionsError"),
@@ -150,15 +168,25 @@ def render(data):
         "## Reconnect storm", "",
         bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.storm --clients {a['clients']} --down "
-        f"{a['down']:g}` (results: `bench/results/storm.json`).", "",
+        f"{a['down']:g} --wait {a['wait']:g} --signal {a.get('signal', 'kill')}` "
+        "(results: `bench/results/storm.json`).", "",
+        f"Commit `{data.get('commit', '?')}`: the admission gate "
+        "(`HEARTBEAT_MAX_HANDSHAKES=128`, outermost in `bench/benchproj/asgi.py` as in the "
+        "demo), batched presence joins and session rows written as one upsert per tick.", "",
         "The clients (several processes on CPU 1, rooms of 100) sit on one Daphne process "
-        "(CPU 0) with the Redis layer and presence. The server is killed with SIGKILL, "
-        f"started again on the same port after {a['down']:g} s, and every client reconnects "
-        "with the bundled client's backoff (`backoff()` in `heartbeat.js`, reimplemented in "
+        "(CPU 0) with the Redis layer and presence. The server is "
+        + ("killed with SIGKILL" if a.get("signal", "kill") == "kill" else
+           "stopped with SIGTERM (the drain closes every client with 4001 and a spread hint)")
+        + f", started again on the same port after {a['down']:g} s, and every client "
+        "reconnects as the bundled client does (`heartbeat.js`, reimplemented in "
         "`bench/loadclient.py`): attempt 0 waits U(0, 1 s), attempt n ≥ 1 waits "
-        "U(0.5 s, min(30 s, 1 s × 2ⁿ)). A probe client pings a bare consumer on the same "
-        "server every 50 ms and reconnects every 100 ms while cut off. Each run waits at "
-        f"most {a['wait']:g} s after the restart.", "",
+        "U(0.5 s, min(30 s, 1 s × 2ⁿ)), and a client given a close notice "
+        "(`{\"type\":\"close\",\"code\":4013,\"retry_after_ms\":N}` from the admission "
+        "gate) waits N ms more. A client counts as back once it got `hello`. A probe client "
+        "pings a bare consumer on the same server every 50 ms and reconnects every 100 ms "
+        f"while cut off. Each run waits at most {a['wait']:g} s after the restart. Targets "
+        "(issue 10): all back, no handshake timeout, no HTTP 5xx, 5,000 back within 25 s, "
+        "19,000 within 120 s, probe RTT p99 ≤ 1 s.", "",
         "![Reconnections per 0.25 s after a restart, and the probe's ping RTT]"
         "(img/bench-storm.png)", "",
     ]
@@ -169,6 +197,7 @@ def render(data):
 
 def render_one(data):
     s = data["summary"]
+    refusals = ", ".join(f"{k}: {v:,}" for k, v in sorted(s.get("refusals", {}).items()))
     errors = ", ".join(f"`{k}`: {v}" for k, v in sorted(
         s["errors"].items(), key=lambda kv: -kv[1])) or "none"
     return [
@@ -183,6 +212,13 @@ def render_one(data):
         f"| failed attempts | {s['failed_attempts']:,} ({errors}) |",
         f"| handshakes refused with an HTTP status (Daphne answers 403 when the app fails "
         f"before accepting) | {s.get('http_refused', 0):,} |",
+        f"| refused before `hello`, by close code (4013: the admission gate) | "
+        f"{refusals or 'none'} |",
+        f"| retry hints received: p50 / max | {bl.fmt(s.get('hint_p50_ms'))} / "
+        f"{bl.fmt(s.get('hint_max_ms'))} ms |",
+        f"| handshake timeouts (no 101 or no `hello` within the client's timeout) | "
+        f"{s.get('handshake_timeouts', 0):,} |",
+        f"| HTTP 5xx | {s.get('http_5xx', 0):,} |",
         f"| `MaxConnectionsError` (channels_redis pool) in the server log | "
         f"{s.get('max_connections_errors', 0):,} |",
         f"| probe ping after the restart: p50 / p99 / max | {bl.fmt(s['ping_p50_ms'], 1)} / "
@@ -190,8 +226,26 @@ def render_one(data):
         f"({s['pings_after_restart']:,} pings) |",
         f"| server CPU from restart to the end | {s['server_cpu_pct_after_restart']:.0f} % |",
         f"| tracebacks in the server log | {s['tracebacks']} |",
-        "",
+        "", "Targets: " + "; ".join(targets(s)) + ".", "",
     ]
+
+
+def targets(s):
+    n = s["connected_before"]
+    out = []
+    back = s["reconnected"] >= n and s["open_at_end"] >= n
+    out.append(f"all back: {'met' if back else '**not met**'}")
+    limit = 25 if n <= 5000 else 120
+    if n >= 5000:
+        ok = back and s["t100_s"] is not None and s["t100_s"] <= limit
+        out.append(f"all back within {limit} s: {'met' if ok else '**not met**'}")
+    out.append(f"no handshake timeout: "
+               f"{'met' if not s.get('handshake_timeouts') else '**not met**'}")
+    out.append(f"no HTTP 5xx: {'met' if not s.get('http_5xx') else '**not met**'}")
+    p99 = s["ping_p99_ms"]
+    out.append(f"probe RTT p99 ≤ 1 s: "
+               f"{'met' if p99 is not None and p99 <= 1000 else '**not met**'}")
+    return out
 
 
 def main():
@@ -199,6 +253,10 @@ def main():
     parser.add_argument("--clients", default="5000,2000", help="sizes, one run each")
     parser.add_argument("--down", type=float, default=1.0)
     parser.add_argument("--wait", type=float, default=60.0)
+    parser.add_argument("--signal", choices=("kill", "term"), default="kill")
+    parser.add_argument("--commit", default=subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
+        text=True).stdout.strip())
     run(parser.parse_args())
 
 
