@@ -11,7 +11,7 @@ handshake (the admission gate accepts it, sends ``{"type":"close","code":4013,
 4001) is retried as heartbeat.js does: after ``retry_after_ms`` plus the backoff's
 jitter, with the attempt counter going up; refusals are recorded by close code.
 
-Commands: connect | mute | report | stats | quit
+Commands: connect | mute | report | live | stats | quit
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Load:
         self.clients: list[rawws.Client | None] = [None] * cfg["count"]
         self.last_sent = [0.0] * cfg["count"]
         self.sessions = [""] * cfg["count"]
+        self.tokens = [""] * cfg["count"]  # anonymous identity tokens (identity frames)
         self.closes: dict[int, int] = {}
         self.errors: dict[str, int] = {}
         self.probes = 0
@@ -67,8 +68,13 @@ class Load:
         self.notices: dict[int, int] = {}  # close notices of established connections
 
     def path(self, i):
-        return self.cfg["path"].format(room=(self.cfg.get("offset", 0) + i) //
+        path = self.cfg["path"].format(room=(self.cfg.get("offset", 0) + i) //
                                        self.cfg.get("per_room", 100))
+        if self.cfg.get("tabs"):
+            # As heartbeat.js: a tab id kept across reconnects, and the anonymous
+            # identity token the server issued, presented again (?anon=, empty at first).
+            path += f"?tab=t{self.cfg.get('offset', 0) + i}&anon={self.tokens[i]}"
+        return path
 
     def on_text(self, client, payload):
         if b'"ping"' in payload and not client.muted:
@@ -83,6 +89,10 @@ class Load:
                 self.sessions[client.index] = message.get("session", "") or ""
                 if not client.greeted.done():
                     client.greeted.set_result(True)
+        elif b'"identity"' in payload:
+            message = json.loads(payload)
+            if message.get("type") == "identity" and message.get("token"):
+                self.tokens[client.index] = message["token"]
         elif b'"close"' in payload:
             message = json.loads(payload)
             if message.get("type") == "close":
@@ -248,6 +258,9 @@ async def main(cfg):
             reply({"event": "report", "last_sent": load.last_sent, "sessions": load.sessions,
                    "closed_at": [c.closed_at if c else None for c in load.clients],
                    "close_code": [c.close_code if c else None for c in load.clients]})
+        elif line == "live":
+            reply({"event": "live", "sessions": [
+                load.sessions[i] for i, c in enumerate(load.clients) if c and c.is_open]})
         elif line == "stats":
             reply({"event": "stats", "open": sum(1 for c in load.clients if c and c.is_open),
                    "closes": load.closes, "probes": load.probes, "errors": load.errors,
