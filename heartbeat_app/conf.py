@@ -28,6 +28,12 @@ DEFAULTS: dict[str, Any] = {
     # sustained, and the burst allowed above that; None: no limit. Over it: close 4429.
     "HEARTBEAT_RATE_LIMIT": 20.0,
     "HEARTBEAT_RATE_BURST": 60,
+    # Frames per second of any kind (the app's own too) a session may send, sustained, and
+    # the burst above that; None: no limit. Over it: close 4429, the frame unread.
+    "HEARTBEAT_MESSAGE_RATE": 50.0,
+    "HEARTBEAT_MESSAGE_BURST": 200,
+    # Frames waiting for the consumer's handlers above which the session is closed 4429.
+    "HEARTBEAT_INBOX_MAX": 500,
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
     # Handshakes in flight per process (admitted, not yet accepted or closed) above which
@@ -48,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_GC_THRESHOLD": None,
     # Write a row per session for the admin (on open, on close, and in bulk checkpoints).
     "HEARTBEAT_RECORD_SESSIONS": True,
+    # Record anonymous visitors' sessions too; False keeps only signed-in users' rows.
+    "HEARTBEAT_RECORD_ANONYMOUS": True,
     # Seconds between bulk checkpoints of last_seen, RTT and visibility to the database.
     "HEARTBEAT_CHECKPOINT_INTERVAL": 5.0,
     # Days closed sessions are kept; heartbeat_prune deletes older ones. None: forever.

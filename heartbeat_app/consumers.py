@@ -1,14 +1,8 @@
-"""HeartbeatMixin: application heartbeats and zombie detection for Channels consumers.
+"""HeartbeatMixin: heartbeats and zombie detection in front of a Channels consumer.
 
-Use it in front of a Channels WebSocket consumer::
-
-    class ChatConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
-        async def receive_json(self, content):
-            ...
-
-The mixin hooks the low-level ``websocket_*`` handlers and the consumer's
-``__call__``, so the user's ``connect``, ``receive``/``receive_json`` and
-``disconnect`` keep working without calling ``super()``.
+``class ChatConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer)``: the mixin hooks
+the low-level ``websocket_*`` handlers and ``__call__``, so the consumer's ``connect``,
+``receive``/``receive_json`` and ``disconnect`` work without calling ``super()``.
 """
 
 from __future__ import annotations
@@ -59,16 +53,12 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
 
     @channel_receive.setter
     def channel_receive(self, receive):
-        # Channels assigns this in __call__; wrapping it here keeps a Redis
-        # outage from killing every consumer of the process (channels_redis
-        # raises out of receive(), which ends the consumer with 1011).
+        # Channels assigns it in __call__: a Redis outage must not end every consumer with 1011.
         self._heartbeat_channel_receive = survive_outages(receive)
 
     async def __call__(self, scope, receive, send):
-        # Inbound messages are read by a pump task of our own, so pings are
-        # answered and liveness recorded even while a user handler is busy:
-        # Channels dispatches one message at a time and would otherwise leave
-        # heartbeats queued behind a slow receive().
+        # A pump of our own reads inbound messages, so pings are answered while a user
+        # handler is busy (Channels dispatches one message at a time).
         inbox: asyncio.Queue = asyncio.Queue()
         pump = asyncio.ensure_future(self._heartbeat_pump(receive, inbox))
 
@@ -118,6 +108,12 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
                     elif session is not None:
                         self._heartbeat_scheduler.touch(session)
                         session.frames_in += 1
+                        if not session.inbound.take(self._heartbeat_runtime.clock.monotonic()) \
+                                or inbox.qsize() >= conf.get("HEARTBEAT_INBOX_MAX"):
+                            # Over its frame budget, or its consumer far behind: dropped
+                            # unread, and the session closed 4429 with a hint.
+                            await self._heartbeat_too_many(session)
+                            continue
                         if text is not None and (
                             await self._heartbeat_handle_text(session, text)
                             if protocol.looks_like_heartbeat(text)
@@ -215,6 +211,8 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
             channel=getattr(self, "channel_name", "") or "",
             opened_at=runtime.clock.wall(),
             bucket=TokenBucket(self.get_heartbeat_rate_limit(), conf.get("HEARTBEAT_RATE_BURST")),
+            inbound=TokenBucket(conf.get("HEARTBEAT_MESSAGE_RATE"),
+                                conf.get("HEARTBEAT_MESSAGE_BURST")),
             on_probe=self._heartbeat_send_probe,
             on_zombie=self._heartbeat_zombie,
         )
@@ -302,12 +300,15 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
     async def _heartbeat_allow(self, session: SessionState) -> bool:
         if session.bucket.take(self._heartbeat_runtime.clock.monotonic()):
             return True
+        await self._heartbeat_too_many(session)
+        return False
+
+    async def _heartbeat_too_many(self, session: SessionState) -> None:
         if session.close_code is None:
             logger.info("heartbeat session %s sent too many frames: closing 4429", session.id)
             await self._heartbeat_close_with_hint(
                 CloseCode.TOO_MANY_MESSAGES, "too many messages",
                 conf.get("HEARTBEAT_RETRY_AFTER_MS"))
-        return False
 
     async def _heartbeat_close_with_hint(self, code: CloseCode, text: str, retry: int) -> None:
         # The hint goes in a frame of its own first: Daphne drops close reasons.

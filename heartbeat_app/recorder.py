@@ -64,12 +64,16 @@ class Recorder(Service):
 
     def opened(self, state: SessionState) -> None:
         """Queue a new session's row."""
+        if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
+            return
         self.local[state.id] = state
         self.ensure_running()
 
     def closed(self, state: SessionState) -> None:
         """Queue the end of a session's row."""
         known = self.local.pop(state.id, None) is not None
+        if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
+            return
         row = self._row(state, live=known)
         row.update(closed_at=_dt(self.clock.wall()), close_code=state.close_code,
                    close_reason=str(state.close_reason),

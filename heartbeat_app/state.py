@@ -19,7 +19,7 @@ class SessionState:
         "id", "tab", "user_key", "user_id", "path", "client", "user_agent", "channel",
         "rooms", "opened_at", "interval", "timeout", "phase",
         "last_heard", "probe_id", "probe_sent_at", "probe_sent_raw", "probes_sent",
-        "last_probe_wall", "rtt", "rtt_avg", "visible", "frames_in", "bucket",
+        "last_probe_wall", "rtt", "rtt_avg", "visible", "frames_in", "bucket", "inbound",
         "closed", "close_code", "close_reason", "zombie_at", "zombie_wall",
         "on_probe", "on_zombie", "extra",
     )
@@ -38,6 +38,7 @@ class SessionState:
         channel: str = "",
         opened_at: float = 0.0,
         bucket: TokenBucket | None = None,
+        inbound: TokenBucket | None = None,
         on_probe: Callable[[str], Awaitable[Any]] | None = None,
         on_zombie: Callable[[float], Awaitable[Any]] | None = None,
     ):
@@ -66,7 +67,8 @@ class SessionState:
         self.rtt_avg: float | None = None  # seconds, smoothed
         self.visible: bool | None = None
         self.frames_in = 0
-        self.bucket = bucket or TokenBucket(None, 0)
+        self.bucket = bucket or TokenBucket(None, 0)  # heartbeat and presence frames
+        self.inbound = inbound or TokenBucket(None, 0)  # every frame, the app's too
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""

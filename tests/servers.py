@@ -184,6 +184,7 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
         "REDIS_URL": "",
         # The closed-loop round-trip measurements would trip the flood limit.
         "HEARTBEAT_RATE_LIMIT": "off",
+        "HEARTBEAT_MESSAGE_RATE": "off",
         # pytest-django exports the test settings; the servers run the demo's own.
         "DJANGO_SETTINGS_MODULE": "project.settings",
     }

@@ -147,7 +147,24 @@ def check_settings(app_configs=None, **kwargs) -> list:
                  "proxy's idle timeout.",
             id="heartbeat_app.W004",
         ))
+    errors += _check_inbound()
     return errors
+
+
+def _check_inbound() -> list:
+    """The budget of frames of every kind, and the inbox of frames waiting for handlers."""
+    rate = conf.get("HEARTBEAT_MESSAGE_RATE")
+    burst = conf.get("HEARTBEAT_MESSAGE_BURST")
+    inbox = conf.get("HEARTBEAT_INBOX_MAX")
+    if is_seconds(rate, allow_none=True) and is_count(burst, allow_none=False) and is_count(
+            inbox, allow_none=False):
+        return []
+    return [Error(
+        "HEARTBEAT_MESSAGE_RATE must be a positive number or None, HEARTBEAT_MESSAGE_BURST "
+        f"and HEARTBEAT_INBOX_MAX positive integers (got {rate!r}, {burst!r}, {inbox!r}).",
+        hint="The defaults are 50.0 frames a second, a burst of 200, and 500 frames waiting.",
+        id="heartbeat_app.E015",
+    )]
 
 
 def _check_restarts() -> list:

@@ -15,6 +15,14 @@ def check_sessions(app_configs=None, **kwargs) -> list:
     record = conf.get("HEARTBEAT_RECORD_SESSIONS")
     checkpoint = conf.get("HEARTBEAT_CHECKPOINT_INTERVAL")
     retention = conf.get("HEARTBEAT_SESSION_RETENTION_DAYS")
+    anonymous = conf.get("HEARTBEAT_RECORD_ANONYMOUS")
+    if not isinstance(anonymous, bool):
+        problems.append(Error(
+            f"HEARTBEAT_RECORD_ANONYMOUS must be True or False, not {anonymous!r}.",
+            hint="True (the default) records anonymous visitors' sessions too; False keeps "
+                 "only signed-in users' rows.",
+            id="heartbeat_app.E034",
+        ))
     if not isinstance(record, bool):
         problems.append(Error(
             f"HEARTBEAT_RECORD_SESSIONS must be True or False, not {record!r}.",
