@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_GC_THRESHOLD": None,
     # Write a row per session for the admin (on open, on close, and in bulk checkpoints).
     "HEARTBEAT_RECORD_SESSIONS": True,
+    # One log line per session open and close on heartbeat_app.sessions: "kv", "json" or
+    # None (off).
+    "HEARTBEAT_SESSION_LOG": None,
     # Record anonymous visitors' sessions too; False keeps only signed-in users' rows.
     "HEARTBEAT_RECORD_ANONYMOUS": True,
     # Seconds between bulk checkpoints of last_seen, RTT and visibility to the database.

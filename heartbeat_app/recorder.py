@@ -19,7 +19,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import connection, transaction
 
-from . import conf
+from . import conf, sessionlog
 from .instance import host, instance_id, started_at
 from .models import ServerInstance, Session, lost_before, zombie_grace
 from .protocol import CloseCode, CloseReason
@@ -64,6 +64,7 @@ class Recorder(Service):
 
     def opened(self, state: SessionState) -> None:
         """Queue a new session's row."""
+        sessionlog.opened(state)
         if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
             return
         self.local[state.id] = state
@@ -71,6 +72,7 @@ class Recorder(Service):
 
     def closed(self, state: SessionState) -> None:
         """Queue the end of a session's row."""
+        sessionlog.closed(state, self.clock.wall())
         known = self.local.pop(state.id, None) is not None
         if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
             return

@@ -86,3 +86,35 @@ async def test_anonymous_sessions_can_be_left_out_of_the_history(settings, make_
     rows = await sync_to_async(list)(Session.objects.values_list("user_key", flat=True))
     assert rows == ["5"]
     await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.parametrize("style", ["kv", "json"])
+async def test_each_open_and_close_is_one_structured_log_line(settings, make_runtime, caplog,
+                                                             style):
+    import json
+    import logging
+
+    settings.HEARTBEAT_SESSION_LOG = style
+    make_runtime()
+    logger = logging.getLogger("heartbeat_app.sessions")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="heartbeat_app.sessions"):
+            c = await opened()
+            await c.disconnect(code=1000)
+    finally:
+        logger.removeHandler(caplog.handler)
+    # (caplog may hold a record twice: once through its own handler, once through ours)
+    lines = list(dict.fromkeys(r.getMessage() for r in caplog.records
+                               if r.name == "heartbeat_app.sessions"))
+    assert len(lines) == 2
+    if style == "json":
+        opened_line, closed_line = (json.loads(line) for line in lines)
+        assert opened_line["event"] == "open" and closed_line["event"] == "close"
+        assert (closed_line["code"], closed_line["reason"]) == (1000, "closed")
+        assert closed_line["session"] == opened_line["session"]
+        assert "duration_s" in closed_line and "rtt_ms" in closed_line
+    else:
+        assert lines[0].startswith("event=open session=")
+        assert "event=close" in lines[1] and "code=1000 reason=closed" in lines[1]
+        assert "member=anon:" in lines[1] and "rtt_ms=-" in lines[1]

@@ -15,6 +15,13 @@ def check_sessions(app_configs=None, **kwargs) -> list:
     record = conf.get("HEARTBEAT_RECORD_SESSIONS")
     checkpoint = conf.get("HEARTBEAT_CHECKPOINT_INTERVAL")
     retention = conf.get("HEARTBEAT_SESSION_RETENTION_DAYS")
+    log = conf.get("HEARTBEAT_SESSION_LOG")
+    if log not in (None, "kv", "json"):
+        problems.append(Error(
+            f'HEARTBEAT_SESSION_LOG must be "kv", "json" or None, not {log!r}.',
+            hint='"kv" logs key=value lines, "json" one JSON object a line.',
+            id="heartbeat_app.E035",
+        ))
     anonymous = conf.get("HEARTBEAT_RECORD_ANONYMOUS")
     if not isinstance(anonymous, bool):
         problems.append(Error(
