@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import ERR_INVALID_JSON, ERR_INVALID_MESSAGE, ERROR, ProtocolError, valid_room_name
+from .protocol import (
+    ERR_INVALID_MESSAGE,
+    ERROR,
+    MAX_BRACKETS,
+    ProtocolError,
+    decode_object_frame,
+    valid_room_name,
+)
 
 JOIN = "join"
 LEAVE = "leave"
@@ -58,13 +65,12 @@ def parse_request_text(text: str) -> Request | None:
     if len(text) > MAX_REQUEST_FRAME:
         raise ProtocolError(ERR_INVALID_MESSAGE,
                             f"Presence requests are limited to {MAX_REQUEST_FRAME} characters.")
-    try:
-        content = json.loads(text)
-    except (ValueError, RecursionError):
-        if text.lstrip().startswith("{"):
-            raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
-        return None
-    return parse_request(content)
+    if text.count("[") + text.count("{") > MAX_BRACKETS:
+        # Nesting refused before decoding, as for heartbeats (protocol.py says why).
+        raise ProtocolError(ERR_INVALID_MESSAGE,
+                            f"Presence requests may hold at most {MAX_BRACKETS} brackets.")
+    content = decode_object_frame(text)
+    return None if content is None else parse_request(content)
 
 
 def parse_request(content: Any) -> Request | None:

@@ -225,15 +225,22 @@ def parse_heartbeat_text(text: str) -> Heartbeat | None:
         raise ProtocolError(
             ERR_INVALID_MESSAGE, f"Heartbeat frames may hold at most {MAX_BRACKETS} brackets."
         )
+    content = decode_object_frame(text)
+    return None if content is None else parse_heartbeat(content)
+
+
+def decode_object_frame(text: str) -> Any:
+    """Decode a frame that claims one of our types; None if it is not JSON at all.
+
+    Only a frame shaped like a JSON object is taken as a broken message of ours
+    (invalid_json); other text that mentions our types belongs to the app.
+    """
     try:
-        content = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
-        # Only a frame shaped like a JSON object is taken as a broken heartbeat;
-        # other text mentioning a ping belongs to the user's own protocol.
         if text.lstrip().startswith("{"):
             raise ProtocolError(ERR_INVALID_JSON, "The frame is not valid JSON.") from None
         return None
-    return parse_heartbeat(content)
 
 
 def parse_heartbeat(content: Any) -> Heartbeat | None:
