@@ -10,6 +10,7 @@ never scaled.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import signal
@@ -47,6 +48,16 @@ def scaled(seconds: float) -> float:
     The one unit of real waiting, as the websockets test suite scales its ``MS``.
     """
     return seconds * TIME_FACTOR
+
+
+async def until(predicate, timeout: float, step: float = 0.02) -> bool:
+    """Poll ``predicate()`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return bool(predicate())
 
 
 START_TIMEOUT = scaled(30.0)  # seconds until a started server must listen

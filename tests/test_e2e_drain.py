@@ -18,7 +18,7 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import ROOT, ServerProcess, scaled, server_env
+from tests.servers import ROOT, ServerProcess, scaled, server_env, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -98,15 +98,6 @@ class Client:
                 self.apply(message)
         except ConnectionClosed:
             pass  # the close code is on self.ws
-
-
-async def until(predicate, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 def rows(database_url, session_ids):

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from heartbeat_app.options import anonymous_token
 from heartbeat_app.stores.redis import RedisStore
-from tests.servers import ServerProcess, free_port, scaled, server_env, wait_for_port
+from tests.servers import ServerProcess, free_port, scaled, server_env, until, wait_for_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -120,15 +120,6 @@ async def open_view(server, tab, room="lobby"):
     view.ws = ws
     view.task = asyncio.create_task(view.run(ws))
     return view
-
-
-async def until(predicate, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 @pytest.fixture
