@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from heartbeat_app.protocol import CloseReason, LeaveReason
-from heartbeat_app.stores import redis as redis_store
+from heartbeat_app.stores import redis_scripts as redis_store
 
 PACKAGE = Path(__file__).resolve().parent.parent / "heartbeat_app"
 REASONS = {str(r) for r in CloseReason} | {str(r) for r in LeaveReason}
