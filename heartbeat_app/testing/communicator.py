@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,25 +20,13 @@ from channels.testing import WebsocketCommunicator
 from .. import presence_messages, protocol
 from ..runtime import get_runtime
 from .errors import HeartbeatTestError
+from .frames import Message, _frame
+from .rooms import PresenceRequests
 
-Message = dict[str, Any]
 # What a room tells its members after they joined: set aside for receive_presence_diff().
 PRESENCE_NEWS = frozenset({protocol.PRESENCE_DIFF, presence_messages.PRESENCE_COUNT})
-# A room no test joins: leaving it is refused (not_in_room) once the requests before are done.
-BARRIER_ROOM = "heartbeat-testing-barrier"
 # Seconds between the tracker's ticks run while a helper waits for presence news.
 POLL = 0.02
-
-
-def _frame(message: Message) -> dict[str, Any] | None:
-    """The JSON object a ``websocket.send`` message carries, else None."""
-    if message.get("type") != "websocket.send" or not isinstance(message.get("text"), str):
-        return None
-    try:
-        frame = json.loads(message["text"])
-    except ValueError:
-        return None
-    return frame if isinstance(frame, dict) else None
 
 
 def _with_query(path: str, **params: str) -> str:
@@ -80,7 +67,7 @@ def _is_presence_news(message: Message) -> bool:
             and (_frame(message) or {}).get("type") in PRESENCE_NEWS)
 
 
-class HeartbeatCommunicator(WebsocketCommunicator):
+class HeartbeatCommunicator(PresenceRequests, WebsocketCommunicator):
     """A WebsocketCommunicator that speaks the heartbeat protocol as a live client does.
 
     After ``connect()``: ``hello``, ``presence_states`` (room -> message),
@@ -263,83 +250,6 @@ class HeartbeatCommunicator(WebsocketCommunicator):
 
     # Presence requests --------------------------------------------------------------
 
-    async def join(self, room: str, *, timeout: float = 1) -> dict[str, Any]:
-        """Join ``room`` (a ``join`` request); returns its ``presence_state``.
-
-        A refusal (``room_forbidden``, ``room_full``) raises HeartbeatTestError and
-        is kept in ``presence_refusals``.
-        """
-        await self.send_json_to({"type": presence_messages.JOIN, "room": room})
-
-        def answers(message: Message) -> bool:
-            frame = _frame(message) or {}
-            return frame.get("room") == room and frame.get("type") in (
-                protocol.PRESENCE_STATE, protocol.ERROR)
-
-        frame = _frame(await self._take(answers, timeout, f"presence_state of {room!r}"))
-        if frame["type"] == protocol.PRESENCE_STATE:
-            self.presence_states[room] = frame
-            self.presence_refusals.pop(room, None)
-            return frame
-        self.presence_refusals[room] = frame
-        raise HeartbeatTestError(f"join of room {room!r} refused: {frame['code']} "
-                                 f"({frame.get('detail', '')})")
-
-    async def leave(self, room: str, *, timeout: float = 1) -> None:
-        """Leave ``room`` and stay connected (a ``leave`` request); returns once done."""
-        await self._request({"type": presence_messages.LEAVE, "room": room}, timeout)
-        self.presence_states.pop(room, None)
-
-    async def set_presence(self, room: str, state: dict[str, Any], *,
-                           timeout: float = 1) -> None:
-        """Set this session's ``state`` in ``room`` (``presence_update``); returns once taken.
-
-        The room sees it in the next tick's diff (receive_presence_diff() runs it).
-        """
-        await self._request({"type": presence_messages.PRESENCE_UPDATE, "room": room,
-                             "state": state}, timeout)
-
-    async def broadcast(self, room: str, event: str, data: Any = None, *,
-                        timeout: float = 1) -> None:
-        """Send an ephemeral signal to the others in ``room``; returns once sent on."""
-        await self._request({"type": presence_messages.BROADCAST, "room": room,
-                             "event": event, "data": data}, timeout)
-
-    async def receive_broadcast(self, room: str, event: str | None = None, *,
-                                timeout: float = 1) -> dict[str, Any]:
-        """The next ``broadcast`` of ``room`` (and ``event``); other frames keep their place."""
-        def is_signal(message: Message) -> bool:
-            frame = _frame(message) or {}
-            return (frame.get("type") == presence_messages.BROADCAST
-                    and frame.get("room") == room
-                    and (event is None or frame.get("event") == event))
-
-        return _frame(await self._take(is_signal, timeout, f"broadcast in room {room!r}"))
-
-    async def _request(self, frame: dict[str, Any], timeout: float) -> None:
-        """Send a request that has no reply when it succeeds, and wait until it is served."""
-        await self.send_json_to(frame)
-        # One worker serves a session's requests in order, so the refusal of this
-        # leave comes back once the request before it is done.
-        await self.send_json_to({"type": presence_messages.LEAVE, "room": BARRIER_ROOM})
-
-        def error(message: Message) -> bool:
-            return (_frame(message) or {}).get("type") == protocol.ERROR
-
-        what = (f"the answer to {frame['type']} of room {frame['room']!r} (does the "
-                "consumer set presence_client_messages = False?)")
-        answer = _frame(await self._take(error, timeout, what))
-        if answer.get("room") == BARRIER_ROOM:
-            return
-        await self._take(lambda m: (_frame(m) or {}).get("room") == BARRIER_ROOM, timeout,
-                         what)
-        if answer.get("room"):
-            self.presence_refusals[answer["room"]] = answer
-        raise HeartbeatTestError(f"{frame['type']} of room {frame['room']!r} refused: "
-                                 f"{answer['code']} ({answer.get('detail', '')})")
-
-    # Receiving -----------------------------------------------------------------------
-
     async def receive_output(self, timeout: float = 1) -> Message:
         """The next message from the application (what a helper set aside comes first).
 
@@ -373,49 +283,6 @@ class HeartbeatCommunicator(WebsocketCommunicator):
         """
         return await self._take(lambda m: m.get("type") == "websocket.close", timeout,
                                 "the server's close")
-
-    async def receive_presence_diff(self, room: str, *, joins: str | int | None = None,
-                                    leaves: str | int | None = None,
-                                    timeout: float = 1) -> dict[str, Any]:
-        """The next ``presence_diff`` of ``room`` (where ``joins`` / ``leaves`` that key).
-
-        Other frames, and the diffs passed over, keep their place. Under a
-        HeartbeatClock the tracker's tick runs now (and again while waiting), so
-        presence work queued so far (joins, visibility, leaves due) goes out.
-        """
-        def is_diff(frame: dict[str, Any]) -> bool:
-            return ((joins is None or str(joins) in frame["joins"])
-                    and (leaves is None or str(leaves) in frame["leaves"]))
-
-        what = f"presence_diff of room {room!r}" + (
-            f" joining {str(joins)!r}" if joins is not None else "") + (
-            f" where {str(leaves)!r} leaves" if leaves is not None else "")
-        return await self._receive_news(protocol.PRESENCE_DIFF, room, is_diff, what, timeout)
-
-    async def receive_presence_count(self, room: str, *, timeout: float = 1) -> dict[str, Any]:
-        """The next ``presence_count`` of a big (count-only) room."""
-        return await self._receive_news(presence_messages.PRESENCE_COUNT, room,
-                                        lambda frame: True, f"presence_count of room {room!r}",
-                                        timeout)
-
-    async def _receive_news(self, kind: str, room: str, wanted, what: str,
-                            timeout: float) -> dict[str, Any]:
-        def match(message: Message) -> bool:
-            frame = _frame(message) or {}
-            return frame.get("type") == kind and frame.get("room") == room and wanted(frame)
-
-        queue, held = ((self.output_queue, self._held) if self.inline_presence
-                       else (self._presence, self._presence_held))
-        while not queue.empty():
-            held.append(queue.get_nowait())
-        from .clock import active_clock
-
-        clock = active_clock()
-        poll = clock.flush if clock is not None and clock.drives() else None
-        if poll is not None and not any(match(message) for message in held):
-            await poll()
-        return _frame(await self._take(match, timeout, what, queue=queue, held=held,
-                                       poll=poll))
 
     async def _take(self, match: Callable[[Message], bool], timeout: float, what: str, *,
                     queue: asyncio.Queue | None = None, held: deque[Message] | None = None,
