@@ -233,3 +233,83 @@ def test_session_list_fits_a_laptop_screen(seeded_db, tmp_path, shots, width, he
             browser.close()
     finally:
         server.stop()
+
+
+# Trends on the presence overview ----------------------------------------------------------
+
+TREND_SEED = r'''
+from datetime import timedelta
+
+from django.utils import timezone
+
+from heartbeat_app.models import ServerInstance, Session
+
+now = timezone.now()
+start = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
+servers = [ServerInstance.objects.create(
+    id=f"web-7f9c8d6b5-{name}:{pid}:9f3a2c1b", host=f"web-7f9c8d6b5-{name}", pid=pid,
+    started_at=now - timedelta(hours=5), last_beat=now) for name, pid in
+    (("x2kqp", 48213), ("m8zrt", 51877))]
+reasons = ["closed", "transport_lost", "timeout", "admin", "rate_limited"]
+n = 0
+for s, server in enumerate(servers):
+    for i in range(0, 59, 1 + s):  # a session opened each minute (every other on the second)
+        n += 1
+        lasts = 4 + (i * 7) % 11
+        closed = start + timedelta(minutes=i + lasts, seconds=20) if i + lasts < 59 else None
+        Session.objects.create(
+            id=f"trend{n:027d}", user_key=f"k{n}", tab="t", instance=server,
+            opened_at=start + timedelta(minutes=i, seconds=10), last_seen_at=closed or now,
+            closed_at=closed, close_code=1000 if closed else None,
+            close_reason=reasons[(i + s) % 5] if closed else "")
+'''
+
+
+def test_presence_overview_draws_the_hour_trends(tmp_path, shots):
+    """Sessions and closes by reason per minute, overall and per instance, as inline SVG."""
+    url = f"sqlite:///{tmp_path / 'trends.sqlite3'}"
+    env = {**os.environ, **server_env(url)}
+    for command in (["migrate", "--noinput", "-v", "0"], ["shell", "-c", TREND_SEED],
+                    ["shell", "-c", f"from django.contrib.auth.models import User; "
+                                    f"User.objects.create_superuser('{ADMIN_USER}', "
+                                    f"'ops@example.com', '{ADMIN_PASSWORD}')"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True,
+                       timeout=120)
+    server = ServerProcess(tmp_path, server_env(url)).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            base = f"http://{server.host}:{server.port}"
+            page.goto(f"{base}/admin/login/?next=/admin/heartbeat_app/presenceroom/")
+            page.fill("#id_username", ADMIN_USER)
+            page.fill("#id_password", ADMIN_PASSWORD)
+            page.click("input[type=submit]")
+            page.wait_for_url("**/admin/heartbeat_app/presenceroom/")
+            charts = page.locator("svg[data-chart]")
+            assert charts.count() == 6  # sessions and closes: overall and two instances
+            data = {}
+            for i in range(charts.count()):
+                chart = charts.nth(i)
+                key = (chart.get_attribute("data-chart"), chart.get_attribute("data-instance"))
+                values = [int(v) for v in chart.get_attribute("data-values").split(",")]
+                assert len(values) == 60, key
+                assert chart.locator("rect").count() > 0, key
+                assert chart.bounding_box()["width"] > 300, key  # drawn, not collapsed
+                data[key] = values
+            instances = [k for kind, k in data if kind == "sessions" and k != "overall"]
+            assert len(instances) == 2
+            for kind in ("sessions", "closes"):
+                summed = [sum(data[(kind, k)][i] for k in instances) for i in range(60)]
+                assert data[(kind, "overall")] == summed, kind
+            # The first minute: the first session of each server (or, if a minute began
+            # between the seed and the page, those and the busier server's second).
+            assert data[("sessions", "overall")][0] in (2, 3)
+            assert sum(data[("closes", "overall")]) > 10
+            label = page.locator('svg[data-chart="closes"][data-instance="overall"] > title')
+            assert label.text_content().startswith("sessions closed, by reason per minute")
+            page.locator("#hb-trends").scroll_into_view_if_needed()
+            page.locator("#hb-trends").screenshot(path=str(shots / "admin-trends.png"))
+            browser.close()
+    finally:
+        server.stop()
