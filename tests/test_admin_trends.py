@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from heartbeat_app import stores
-from heartbeat_app.admin import OVERALL, TREND_MINUTES, session_trends
 from heartbeat_app.models import ServerInstance, Session
+from heartbeat_app.trends import OVERALL, TREND_MINUTES, session_trends
 
 URL = "/admin/heartbeat_app/presenceroom/"
 ids = count()
