@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import subprocess
+import sys
 import time
 
 from bench import benchlib as bl
@@ -219,7 +220,8 @@ def render_one(data):
         f"| handshake timeouts (no 101 or no `hello` within the client's timeout) | "
         f"{s.get('handshake_timeouts', 0):,} |",
         f"| HTTP 5xx | {s.get('http_5xx', 0):,} |",
-        f"| `MaxConnectionsError` (channels_redis pool) in the server log | "
+        f"| `MaxConnectionsError` (channels_redis pool) in the server log, the final stop's "
+        f"drain included | "
         f"{s.get('max_connections_errors', 0):,} |",
         f"| probe ping after the restart: p50 / p99 / max | {bl.fmt(s['ping_p50_ms'], 1)} / "
         f"{bl.fmt(s['ping_p99_ms'], 1)} / {bl.fmt(s['ping_max_ms'], 1)} ms "
@@ -227,7 +229,22 @@ def render_one(data):
         f"| server CPU from restart to the end | {s['server_cpu_pct_after_restart']:.0f} % |",
         f"| tracebacks in the server log | {s['tracebacks']} |",
         "", "Targets: " + "; ".join(targets(s)) + ".", "",
+        *cause(s),
     ]
+
+
+def cause(s):
+    """What the figures say about a storm that did not all come back in time."""
+    n = s["connected_before"]
+    if s["reconnected"] >= n or not s.get("hint_p50_ms"):
+        return []
+    return [f"Where the time went: the process ran at {s['server_cpu_pct_after_restart']:.0f} % "
+            f"CPU after the restart and took up to {s['peak_per_s']:,} handshakes a second, "
+            f"yet the refused clients were told to come back after "
+            f"{s['hint_p50_ms'] / 1000:,.0f} s at the median and up to "
+            f"{s['hint_max_ms'] / 1000:,.0f} s: the gate's hints, not the handshake cost, set "
+            f"the time to all back ({n - s['reconnected']:,} clients were not back when the "
+            f"run ended).", ""]
 
 
 def targets(s):
@@ -249,6 +266,14 @@ def targets(s):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        # Redraw the plot and the doc section from the saved results, without measuring.
+        import json
+
+        data = json.loads((bl.RESULTS / "storm.json").read_text())
+        plot(data)
+        bl.update_doc("storm", render(data))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="5000,2000", help="sizes, one run each")
     parser.add_argument("--down", type=float, default=1.0)
