@@ -312,6 +312,10 @@ def run(args):
     bl.update_doc("rolling", render(data))
 
 
+def codes(d):
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "none"
+
+
 def render(data):
     s, a = data["summary"], data["args"]
     errors = ", ".join(f"`{k}`: {v:,}" for k, v in sorted(s["errors"].items(),
@@ -355,8 +359,9 @@ def render(data):
         f"listed, {s['live_at_end']:,} sessions open; open but not listed: "
         f"{s['live_not_listed']:,}) |",
         f"| close notices received by established clients, by close code | "
-        f"{s['notices'] or 'none'} |",
-        f"| refused before `hello`, by close code | {s['refusals'] or 'none'} |",
+        f"{codes(s['notices'])} |",
+        f"| refused before `hello`, by close code (4001: sent back to a draining process) | "
+        f"{codes(s['refusals'])} |",
         f"| failed attempts | {errors} |",
         f"| HTTP 5xx | {s['http_5xx']:,} |",
         f"| tracebacks in the servers' logs | {s['tracebacks']} |",
@@ -370,6 +375,10 @@ def render(data):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--render":
+        # Rewrite the doc section from the saved results, without measuring.
+        bl.update_doc("rolling", render(json.loads((bl.RESULTS / "rolling.json").read_text())))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--observe":
         asyncio.run(observe(int(sys.argv[2]), float(sys.argv[3])))
         return
