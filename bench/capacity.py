@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import subprocess
 import time
 
 from bench import benchlib as bl
@@ -31,7 +32,7 @@ def gc_pauses(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"gc gen2 pause ([0-9.]+) ms", log)]
 
 
-def one(work, variant, n, soak, processes, inflight, gc_threshold):
+def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False):
     env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5", "BENCH_GC_LOG": "1"}
     if gc_threshold:
         env["BENCH_GC_THRESHOLD"] = gc_threshold
@@ -80,8 +81,19 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold):
                 p0 = sum(c.cmd("stats")["probes"] for c in [warm, *clients])
                 g0 = len(gc_pauses(server.log()))
                 c0, t0 = server.cpu_seconds(), time.time()
+                spy = None
+                if profile:
+                    from bench.handshake import py_spy
+
+                    raw = str(work.path / f"cap-{variant}.raw")
+                    spy = py_spy(server.proc.pid, soak, raw)
                 time.sleep(soak)
                 c1, t1 = server.cpu_seconds(), time.time()
+                if spy is not None:
+                    from bench.handshake import top_lines
+
+                    spy.wait(timeout=60)
+                    rec["profile"] = top_lines(raw, 20)
                 stats = [c.cmd("stats") for c in [warm, *clients]]
                 ps = pinger.cmd("stats")
                 soak_gc = gc_pauses(server.log())[g0:]
@@ -121,12 +133,12 @@ def run(args):
     try:
         for variant in args.variants.split(","):
             recs.append(one(work, variant, args.sessions, args.soak, args.processes,
-                            args.inflight, args.gc_threshold))
+                            args.inflight, args.gc_threshold, args.profile))
             if variant == "redis":
                 bl.redis_cleanup()
     finally:
         bl.redis_cleanup()
-    data = {"machine": facts, "args": vars(args), "runs": recs}
+    data = {"machine": facts, "commit": args.commit, "args": vars(args), "runs": recs}
     name = f"capacity-{args.tag}" if args.tag else "capacity"
     bl.save_results(name, data)
     plot(data, name)
@@ -173,12 +185,14 @@ def render(data, name="capacity"):
             if a.get("gc_threshold") else f" ({a['tag']})"
     lines = [
         f"## {title}", "",
-        bl.machine_line(data["machine"]), "",
+        (f"Commit `{data['commit']}`. " if data.get("commit") else "")
+        + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.capacity --sessions {a['sessions']} --soak "
         f"{a['soak']:g} --variants {a['variants']}"
         + (f" --gc-threshold {a['gc_threshold']}" if a.get("gc_threshold") else "")
         + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
         + (f" --tag {a['tag']}" if a.get("tag") else "")
+        + (" --profile" if a.get("profile") else "")
         + f"` (results: `bench/results/{name}.json`).",
         "",
         f"One Daphne process on CPU 0, its open-file limit raised to the hard limit (20,000 "
@@ -222,7 +236,46 @@ def render(data, name="capacity"):
                 f"{r.get('soak_gc_pauses', '–')} (max {bl.fmt(r.get('soak_gc_max_ms'))} ms); "
                 f"whole run {r.get('gc_gen2_pauses_over_10ms', '–')} (max "
                 f"{bl.fmt(r.get('gc_gen2_pause_max_ms'))} ms) |")
+        lines += spikes(soaked)
     return "\n".join(lines)
+
+
+def spikes(soaked):
+    """When the probe's slow pings came: their count and the gaps between the big ones."""
+    out = []
+    for r in soaked:
+        series = r.get("ping_series") or []
+        if not series:
+            continue
+        slow = [t for t, x in series if x > 20]
+        big = [t for t, x in series if x > 100]
+        gaps = [b - a for a, b in zip(big, big[1:], strict=False)]
+        out += ["", f"{LABELS[r['variant']]}: {len(slow)} of {len(series):,} probe pings over "
+                f"20 ms, {len(big)} over 100 ms" + (
+                    f", the big ones {bl.median(gaps):.2f} s apart at the median (gaps "
+                    f"{min(gaps):.2f}–{max(gaps):.2f} s)" if gaps else "") + "."]
+        prof = r.get("profile")
+        if prof and prof["total"]:
+            total = prof["total"]
+            skip = ("<module>", "run_forever", "_run_once", "_bootstrap", "entrypoint (cli",
+                    "_run_code", "_run_module_as_main", "run (threading", "_worker",
+                    "run (asyncioreactor", "handle_events", "Handle._run")
+            out += ["", f"Profile of the soak (py-spy, 200 Hz, every thread, {total:,} "
+                    "samples; idle time not sampled), most samples on the stack:", "",
+                    "| function (file) | inclusive | self |", "|---|---|---|"]
+            own = dict(prof["self"])
+            shown = 0
+            for fn, count in prof["inclusive"]:
+                if any(x in fn for x in skip):
+                    continue
+                out.append(f"| `{fn}` | {count / total * 100:.1f} % | "
+                           f"{own.get(fn, 0) / total * 100:.1f} % |")
+                shown += 1
+                if shown >= 20:
+                    break
+            out += ["", "| most samples at the top of the stack (self) | |", "|---|---|"]
+            out += [f"| `{fn}` | {count / total * 100:.1f} % |" for fn, count in prof["self"][:12]]
+    return out
 
 
 def main():
@@ -245,6 +298,10 @@ def main():
     parser.add_argument("--inflight", type=int, default=50, help="handshakes per process")
     parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
     parser.add_argument("--tag", default="", help="results and doc section of their own")
+    parser.add_argument("--profile", action="store_true", help="py-spy over the soak")
+    parser.add_argument("--commit", default=subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
+        text=True).stdout.strip())
     run(parser.parse_args())
 
 
