@@ -30,10 +30,15 @@ from .runtime import Runtime, Service, get_runtime
 
 logger = logging.getLogger(__name__)
 
-# Weight of the newest second in the measured handshake rate.
-RATE_SMOOTHING = 0.3
-# The rate assumed before anything was measured, and the lowest one ever used (per second).
-MIN_RATE = 20.0
+# Weight of the newest handshake in the smoothed handshake duration.
+DURATION_SMOOTHING = 0.05
+# Seconds a handshake is assumed to take before one was measured.
+FIRST_DURATION = 0.05
+# The lowest and highest rates (per second) the hints are paced at.
+MIN_RATE, MAX_RATE = 20.0, 5000.0
+# No hint sends a client further away than this: a client that comes back too early is
+# refused again cheaply, while a promise of minutes would leave the process idle.
+MAX_HINT_MS = 30_000
 # Hints are spread by up to this fraction on top of the slot, so no two clients share one.
 HINT_JITTER = 0.2
 
@@ -47,9 +52,7 @@ class Gate(Service):
         super().__init__(runtime)
         self.in_flight = 0
         self.draining = False
-        self.rate = MIN_RATE  # handshakes completed per second, smoothed
-        self._window_start = self.clock.monotonic()
-        self._window_done = 0
+        self.duration = FIRST_DURATION  # seconds from admission to accept, smoothed
         self._next_slot = 0.0
         self._tokens: float | None = None
         self._stamp = 0.0
@@ -85,16 +88,26 @@ class Gate(Service):
             return True
         return False
 
-    def finished(self) -> None:
-        """A handshake admitted earlier is over (accepted, refused by the app, or dropped)."""
+    def finished(self, admitted_at: float) -> None:
+        """A handshake admitted at ``admitted_at`` is over (accepted, refused or dropped)."""
         self.in_flight = max(0, self.in_flight - 1)
-        self._window_done += 1
-        now = self.clock.monotonic()
-        elapsed = now - self._window_start
-        if elapsed >= 1.0:
-            measured = self._window_done / elapsed
-            self.rate = max(MIN_RATE, self.rate + RATE_SMOOTHING * (measured - self.rate))
-            self._window_start, self._window_done = now, 0
+        took = max(0.0, self.clock.monotonic() - admitted_at)
+        self.duration += DURATION_SMOOTHING * (took - self.duration)
+
+    @property
+    def rate(self) -> float:
+        """Handshakes a second the process takes: the cap over the time one takes.
+
+        Little's law: with the cap in flight, completions run at cap / duration.
+        When the process is saturated, that is what it does; when it is not, it
+        overestimates, so hints come out short, and a client back too early is
+        refused again, cheaply. It never starves the process as a low guess would.
+        """
+        configured = conf.get("HEARTBEAT_CONNECT_RATE")
+        if configured:
+            return float(configured)
+        cap = conf.get("HEARTBEAT_MAX_HANDSHAKES") or 128
+        return min(MAX_RATE, max(MIN_RATE, cap / max(self.duration, 1e-4)))
 
     def retry_after_ms(self, why: str) -> int:
         """When a refused client should come back: the next free slot at the measured rate."""
@@ -102,8 +115,8 @@ class Gate(Service):
         if why == "draining":
             spread = conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0
             return int(1000 * self._rng.uniform(0, spread)) + conf.get("HEARTBEAT_RETRY_MIN_MS")
-        rate = conf.get("HEARTBEAT_CONNECT_RATE") or self.rate
-        self._next_slot = max(now, self._next_slot) + 1.0 / max(rate, 1e-3)
+        self._next_slot = min(max(now, self._next_slot) + 1.0 / self.rate,
+                              now + MAX_HINT_MS / 1000)
         wait = (self._next_slot - now) * (1 + HINT_JITTER * self._rng.random())
         return max(int(wait * 1000), conf.get("HEARTBEAT_RETRY_MIN_MS"))
 
@@ -128,12 +141,13 @@ class AdmissionMiddleware:
             await self._refuse(gate, why, receive, send)
             return None
         finished = False
+        admitted_at = gate.clock.monotonic()
 
         def finish() -> None:
             nonlocal finished
             if not finished:
                 finished = True
-                gate.finished()
+                gate.finished(admitted_at)
 
         async def send_watching_the_handshake(message: dict[str, Any]) -> None:
             if message["type"] in ("websocket.accept", "websocket.close"):

@@ -68,10 +68,10 @@ async def drain(runtime: Runtime) -> dict[str, int]:
         # The tracker's own ticks finish the leaves once their grace is over and
         # broadcast them; wait for that, within the drain's time.
         tracker.ensure_running()
-        while (tracker.local or tracker.diffs) and clock.monotonic() < deadline:
+        while tracker.pending() and clock.monotonic() < deadline:
             await asyncio.sleep(min(conf.tick(), 0.1))
         await tracker.stop()
-        if tracker.local or tracker.diffs:
+        if tracker.pending():
             logger.warning("drain timed out with %d sessions' presence not flushed",
                            len(tracker.local))
     recorder = runtime.existing(Recorder)

@@ -84,6 +84,7 @@ class Tracker(Service):
         self._joining: list[tuple] = []  # (local, rooms, new rooms, done)
         self._join_task: asyncio.Task | None = None
         self._beaten = False
+        self._discards: list[tuple] = []  # (layer, group, channel) to leave at the next tick
         self.room_count = 0  # rooms with local sessions, as of the last tick
         # A plain number: a scrape from another thread never walks self.local.
         self.metrics.rooms.set_function(lambda: self.room_count)
@@ -97,6 +98,10 @@ class Tracker(Service):
     def diffs(self) -> dict[str, dict[str, dict]]:
         """Changes not broadcast yet, by room."""
         return self.announcer.diffs
+
+    def pending(self) -> bool:
+        """Whether sessions, their leaves or diffs still wait for a tick (a drain waits)."""
+        return bool(self.local or self.announcer.diffs or self._discards)
 
     # Called by consumers -----------------------------------------------------
 
@@ -245,11 +250,10 @@ class Tracker(Service):
         local = self.local.get(state.id)
         if local is None or local.leave_at is not None:
             return
-        for room in local.metas:
-            try:
-                await local.layer.group_discard(group_name(room), state.channel)
-            except Exception as exc:
-                logger.warning("could not leave the group of room %s: %r", room, exc)
+        # Out of the groups at the next tick, one after the other: thousands of sessions
+        # ending at once would otherwise each take a layer connection at the same time
+        # (channels_redis' pool raises MaxConnectionsError when it runs out).
+        self._discards += [(local.layer, group_name(room), state.channel) for room in local.metas]
         local.reason = reason
         delay = conf.get("PRESENCE_LEAVE_GRACE") if grace else 0
         if delay:
@@ -286,6 +290,7 @@ class Tracker(Service):
             await self.reaper.maybe_reap(now)
         except StoreUnavailable:
             pass
+        await self._flush_discards()
         await self.announcer.flush(now)
         self.room_count = len({room for local in self.local.values() for room in local.metas})
 
@@ -305,6 +310,16 @@ class Tracker(Service):
                 local.metas[room] = {**local.metas[room], "ref": new_ref()}
                 self._queue(await self._call("join", self.store.join(
                     room, local.metas[room], ms("PRESENCE_TTL"))))
+
+    async def _flush_discards(self) -> None:
+        discards, self._discards = self._discards, []
+        for n, (layer, group, channel) in enumerate(discards, 1):
+            try:
+                await layer.group_discard(group, channel)
+            except Exception as exc:
+                logger.warning("could not leave group %s: %r", group, exc)
+            if n % 64 == 0:
+                await asyncio.sleep(0)
 
     async def _beat(self, entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
         missing = await self._call("refresh", self.store.refresh(

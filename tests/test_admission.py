@@ -38,7 +38,7 @@ async def refused_answer(communicator):
 async def test_over_the_cap_a_client_is_refused_with_a_hint_and_never_reaches_the_app(
         settings, make_runtime):
     settings.HEARTBEAT_MAX_HANDSHAKES = 2
-    settings.HEARTBEAT_RETRY_MIN_MS = 100
+    settings.HEARTBEAT_RETRY_MIN_MS = 0
     runtime = make_runtime()
     app = AdmissionMiddleware(SlowConnect.as_asgi())
     reached, release = [], asyncio.Event()
@@ -57,8 +57,9 @@ async def test_over_the_cap_a_client_is_refused_with_a_hint_and_never_reaches_th
         assert closed["code"] == 4013
         assert f"retry_after_ms={notice['retry_after_ms']}" in closed["reason"]
         hints.append(notice["retry_after_ms"])
-    # Paced: every later client is told to come back later than the one before.
-    assert hints == sorted(hints) and hints[0] >= 100 and hints[-1] > hints[0]
+    # Paced: every later client is told to come back later than the one before, one slot
+    # apart at the rate the gate estimates (the cap over the time a handshake takes).
+    assert hints == sorted(hints) and hints[0] > 0 and hints[-1] > hints[0]
     assert runtime.metrics.refused.value(why="in_flight") == 3
     release.set()
     for task in pending:
@@ -133,3 +134,22 @@ async def test_http_passes_the_gate_untouched(make_runtime):
 
     await AdmissionMiddleware(app)({"type": "http"}, None, None)
     assert seen == ["http"]
+
+
+async def test_hints_are_paced_at_the_cap_over_the_handshake_time_and_never_run_away(
+        settings, make_runtime):
+    settings.HEARTBEAT_MAX_HANDSHAKES = 100
+    settings.HEARTBEAT_RETRY_MIN_MS = 0
+    runtime = make_runtime()
+    gate = runtime.service(Gate)
+    for _ in range(50):  # handshakes that each took 0.2 s: 100 / 0.2 s = 500 a second
+        gate.in_flight += 1
+        started = runtime.fake_clock.monotonic()
+        runtime.fake_clock.advance(0.2)
+        gate.finished(started)
+    assert 300 < gate.rate < 600
+    first = [gate.retry_after_ms("in_flight") for _ in range(10)]
+    assert all(0 < hint < 100 for hint in first)  # ten slots of about 2-3 ms
+    many = [gate.retry_after_ms("in_flight") for _ in range(100_000)]
+    # A storm of refusals never sends anyone further than the cap (plus its jitter).
+    assert max(many) <= 30_000 * 1.2 and many[-1] >= 25_000
