@@ -26,9 +26,10 @@ def run(args):
     work = bl.Workdir("storm")
     runs = [storm(work, n, args) for n in (int(x) for x in str(args.clients).split(","))]
     data = {"machine": facts, "commit": args.commit, "args": vars(args), "runs": runs}
-    bl.save_results("storm", data)
-    plot(data)
-    bl.update_doc("storm", render(data))
+    name = f"storm-{args.tag}" if args.tag else "storm"
+    bl.save_results(name, data)
+    plot(data, name)
+    bl.update_doc(name, render(data, name))
 
 
 def storm(work, n_clients, args):
@@ -41,7 +42,8 @@ def storm(work, n_clients, args):
     try:
         clients = [bl.LoadClient(port=server.port, count=min(share, n_clients - i * share),
                                  path="/ws/rooms/storm{room}/", offset=i * share,
-                                 source=f"127.0.0.{2 + i}", inflight=50, reconnect=True,
+                                 source=f"127.0.0.{2 + i}", inflight=args.inflight,
+                                 reconnect=True,
                                  timeout=60)
                    for i in range(k)]
         answers = bl.connect_all(clients)
@@ -125,14 +127,14 @@ def storm(work, n_clients, args):
     return {"summary": summary, "arrivals_s": arrivals, "failures_s": failures, "ping": rtts}
 
 
-def plot(data):
+def plot(data, name="storm"):
     plt = bl.pyplot()
     runs = data["runs"]
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 4 * len(runs)), squeeze=False)
     for ax, run1 in zip(axes[:, 0], runs, strict=True):
         plot_one(ax, run1)
     fig.tight_layout()
-    fig.savefig(bl.plot_path("storm"))
+    fig.savefig(bl.plot_path(name))
 
 
 def plot_one(ax, data):
@@ -163,14 +165,16 @@ def plot_one(ax, data):
     ax.legend(lines + l2, labels + lb2, fontsize=7, loc="upper right")
 
 
-def render(data):
+def render(data, name="storm"):
     a = data["args"]
     lines = [
-        "## Reconnect storm", "",
+        "## Reconnect storm" + (f" ({a['tag']})" if a.get("tag") else ""), "",
         bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.storm --clients {a['clients']} --down "
-        f"{a['down']:g} --wait {a['wait']:g} --signal {a.get('signal', 'kill')}` "
-        "(results: `bench/results/storm.json`).", "",
+        f"{a['down']:g} --wait {a['wait']:g} --signal {a.get('signal', 'kill')}"
+        + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
+        + (f" --tag {a['tag']}" if a.get("tag") else "") + "` "
+        f"(results: `bench/results/{name}.json`).", "",
         f"Commit `{data.get('commit', '?')}`: the admission gate "
         "(`HEARTBEAT_MAX_HANDSHAKES=128`, outermost in `bench/benchproj/asgi.py` as in the "
         "demo), batched presence joins and session rows written as one upsert per tick.", "",
@@ -189,7 +193,7 @@ def render(data):
         "(issue 10): all back, no handshake timeout, no HTTP 5xx, 5,000 back within 25 s, "
         "19,000 within 120 s, probe RTT p99 ≤ 1 s.", "",
         "![Reconnections per 0.25 s after a restart, and the probe's ping RTT]"
-        "(img/bench-storm.png)", "",
+        f"(img/bench-{name}.png)", "",
     ]
     for run1 in data["runs"]:
         lines += render_one(run1)
@@ -270,15 +274,19 @@ def main():
         # Redraw the plot and the doc section from the saved results, without measuring.
         import json
 
-        data = json.loads((bl.RESULTS / "storm.json").read_text())
-        plot(data)
-        bl.update_doc("storm", render(data))
+        name = sys.argv[2] if len(sys.argv) > 2 else "storm"
+        data = json.loads((bl.RESULTS / f"{name}.json").read_text())
+        plot(data, name)
+        bl.update_doc(name, render(data, name))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="5000,2000", help="sizes, one run each")
     parser.add_argument("--down", type=float, default=1.0)
     parser.add_argument("--wait", type=float, default=60.0)
     parser.add_argument("--signal", choices=("kill", "term"), default="kill")
+    parser.add_argument("--tag", default="", help="results and doc section of their own")
+    parser.add_argument("--inflight", type=int, default=50,
+                        help="handshakes in flight per client process for the first connect")
     parser.add_argument("--commit", default=subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
         text=True).stdout.strip())
