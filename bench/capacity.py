@@ -32,8 +32,9 @@ def gc_pauses(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"gc gen2 pause ([0-9.]+) ms", log)]
 
 
-def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False):
+def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False, extra=()):
     env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5", "BENCH_GC_LOG": "1"}
+    env.update(item.split("=", 1) for item in extra)
     if gc_threshold:
         env["BENCH_GC_THRESHOLD"] = gc_threshold
     if variant == "redis":
@@ -133,7 +134,7 @@ def run(args):
     try:
         for variant in args.variants.split(","):
             recs.append(one(work, variant, args.sessions, args.soak, args.processes,
-                            args.inflight, args.gc_threshold, args.profile))
+                            args.inflight, args.gc_threshold, args.profile, args.env))
             if variant == "redis":
                 bl.redis_cleanup()
     finally:
@@ -183,6 +184,8 @@ def render(data, name="capacity"):
     if a.get("tag"):
         title += f" ({a['tag']}: `gc.set_threshold({a['gc_threshold']})`)" \
             if a.get("gc_threshold") else f" ({a['tag']})"
+    if a.get("env"):
+        title += ", " + ", ".join(f"`{x}`" for x in a["env"])
     lines = [
         f"## {title}", "",
         (f"Commit `{data['commit']}`. " if data.get("commit") else "")
@@ -193,6 +196,7 @@ def render(data, name="capacity"):
         + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
         + (f" --tag {a['tag']}" if a.get("tag") else "")
         + (" --profile" if a.get("profile") else "")
+        + "".join(f" --env {x}" for x in a.get("env") or [])
         + f"` (results: `bench/results/{name}.json`).",
         "",
         f"One Daphne process on CPU 0, its open-file limit raised to the hard limit (20,000 "
@@ -299,6 +303,8 @@ def main():
     parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--profile", action="store_true", help="py-spy over the soak")
+    parser.add_argument("--env", action="append", default=[],
+                        help="NAME=VALUE for the servers (repeatable), e.g. a setting")
     parser.add_argument("--commit", default=subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
         text=True).stdout.strip())
