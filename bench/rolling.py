@@ -308,23 +308,25 @@ def run(args):
     print(summary, flush=True)
     data = {"machine": facts, "commit": args.commit, "args": vars(args), "summary": summary,
             "blinks": report["blinks"][:200], "ghosts": ghosts[:200]}
-    bl.save_results("rolling", data)
-    bl.update_doc("rolling", render(data))
+    name = f"rolling-{args.tag}" if args.tag else "rolling"
+    bl.save_results(name, data)
+    bl.update_doc(name, render(data, name))
 
 
 def codes(d):
     return ", ".join(f"{k}: {v:,}" for k, v in sorted(d.items())) or "none"
 
 
-def render(data):
+def render(data, name="rolling"):
     s, a = data["summary"], data["args"]
     errors = ", ".join(f"`{k}`: {v:,}" for k, v in sorted(s["errors"].items(),
                                                           key=lambda kv: -kv[1])) or "none"
     lines = [
-        "## Rolling restart behind nginx", "",
+        "## Rolling restart behind nginx" + (f" ({a['tag']})" if a.get("tag") else ""), "",
         f"Commit `{data['commit']}`. " + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.rolling --clients {a['clients']} --wait "
-        f"{a['wait']:g}` (results: `bench/results/rolling.json`).", "",
+        f"{a['wait']:g}" + (f" --tag {a['tag']}" if a.get("tag") else "")
+        + f"` (results: `bench/results/{name}.json`).", "",
         "A real nginx (its own config on loopback: one upstream of both processes, "
         "round-robin, the next upstream tried when one refuses connections) fronts two "
         "Daphne processes (both on CPU 0) sharing Redis (channels_redis and the Redis "
@@ -377,7 +379,8 @@ def render(data):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--render":
         # Rewrite the doc section from the saved results, without measuring.
-        bl.update_doc("rolling", render(json.loads((bl.RESULTS / "rolling.json").read_text())))
+        name = sys.argv[2] if len(sys.argv) > 2 else "rolling"
+        bl.update_doc(name, render(json.loads((bl.RESULTS / f"{name}.json").read_text()), name))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--observe":
         asyncio.run(observe(int(sys.argv[2]), float(sys.argv[3])))
@@ -388,6 +391,7 @@ def main():
     parser.add_argument("--between", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=12.0)
     parser.add_argument("--poll", type=float, default=0.25)
+    parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--commit", default=subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
         text=True).stdout.strip())

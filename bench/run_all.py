@@ -17,7 +17,12 @@ RUNS = {  # name -> the bench module and its arguments
     "zombies": ["zombies"],
     "crash": ["crash"],
     "presence_reads": ["presence_reads"],
-    "storm": ["storm"],
+    "handshake": ["handshake", "--rounds", "5", "--connections", "600", "--inflight", "20",
+                  "--profile"],
+    "storm": ["storm", "--clients", "3000,5000", "--wait", "90"],
+    "storm-19k": ["storm", "--clients", "19000", "--wait", "150", "--inflight", "15",
+                  "--tag", "19k"],
+    "rolling": ["rolling", "--clients", "2000"],
     "capacity": ["capacity", "--sessions", "5000"],
     # 19,000 sessions complete only with the collector tuned (see the doc's gaps).
     "capacity-gc": ["capacity", "--sessions", "5000", "--variants", "redis",

@@ -316,7 +316,8 @@ def run(args):
         mon.close()
         r.close()
         bl.redis_cleanup()
-    data = {"machine": facts, "args": vars(args), "part1": part1, "part1_runs": runs,
+    data = {"machine": facts, "commit": args.commit, "args": vars(args), "part1": part1,
+            "part1_runs": runs,
             "part2": [{k: v for k, v in p.items() if k != "raw"} for p in part2],
             "part2_ticks": {p["sessions"]: p["raw"] for p in part2}}
     bl.save_results("scheduler_cost", data)
@@ -361,7 +362,8 @@ def render(data):
     s, t = p1["scheduler"], p1["tasks"]
     lines = [
         "## Scheduler cost and presence store calls per tick", "",
-        bl.machine_line(data["machine"]), "",
+        (f"Commit `{data['commit']}`. " if data.get("commit") else "")
+        + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.scheduler_cost --sessions {a['sessions']} "
         f"--interval {a['interval']:g} --ticks {a['ticks']}` "
         f"(results: `bench/results/scheduler_cost.json`).", "",
@@ -446,6 +448,9 @@ def main():
     parser.add_argument("--sessions", type=int, default=10000)
     parser.add_argument("--interval", type=float, default=25.0)
     parser.add_argument("--ticks", type=int, default=30)
+    parser.add_argument("--commit", default=subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
+        text=True).stdout.strip())
     run(parser.parse_args())
 
 
