@@ -168,15 +168,15 @@ def rows():
                         f"{bl.fmt(s['ping_p50_ms'], 1)} / {bl.fmt(p99, 1)} / "
                         f"{bl.fmt(s['ping_max_ms'], 1)} ms", "p99 ≤ 1 s",
                         yes(p99 is not None and p99 <= 1000)))
-    ro = load("rolling")
-    if ro:
+    for ro in [x for x in (load("rolling"), load("rolling-4000")) if x]:
         s = ro["summary"]
         backs = [p["all_back_s"] for p in s["phases"]]
         out.append((f"rolling restart behind nginx, {s['connected']:,} clients: all back "
                     "after each restart",
                     " / ".join(f"{bl.fmt(x, 1)} s" for x in backs), "all back",
                     yes(all(x is not None for x in backs))))
-        out.append(("rolling restart: members that blinked / ghosts at the end",
+        out.append((f"rolling restart of {s['connected']:,}: members that blinked / ghosts "
+                    "at the end",
                     f"{s['blinks']:,} / {s['ghosts']:,}", "0 / 0",
                     yes(s["blinks"] == 0 and s["ghosts"] == 0)))
     return out
