@@ -113,8 +113,10 @@ class Gate(Service):
         """When a refused client should come back: the next free slot at the measured rate."""
         now = self.clock.monotonic()
         if why == "draining":
-            spread = conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0
-            return int(1000 * self._rng.uniform(0, spread)) + conf.get("HEARTBEAT_RETRY_MIN_MS")
+            # Come back at once, elsewhere: a balancer that sent a returning tab to the
+            # draining process again would otherwise push it past its leave grace (a blink).
+            floor = conf.get("HEARTBEAT_RETRY_MIN_MS")
+            return floor + int(floor * HINT_JITTER * self._rng.random())
         self._next_slot = min(max(now, self._next_slot) + 1.0 / self.rate,
                               now + MAX_HINT_MS / 1000)
         wait = (self._next_slot - now) * (1 + HINT_JITTER * self._rng.random())

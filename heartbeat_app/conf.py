@@ -43,8 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_CONNECT_RATE": None,
     # Milliseconds: the shortest retry hint a refused or drained client is given.
     "HEARTBEAT_RETRY_MIN_MS": 500,
-    # Seconds over which a draining process spreads its clients' return (their retry hints).
-    "HEARTBEAT_DRAIN_SPREAD": 5.0,
+    # Seconds over which a draining process spreads its clients' return (their retry hints);
+    # keep it well under PRESENCE_LEAVE_GRACE, or returning tabs blink (check W013).
+    "HEARTBEAT_DRAIN_SPREAD": 2.0,
     # Seconds a drain may take in all before the server's own shutdown goes on.
     "HEARTBEAT_DRAIN_TIMEOUT": 20.0,
     # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).

@@ -14,6 +14,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
+from .admission import Gate
 from .drain import install_signal_handler
 from .layers import survive_outages
 from .limits import TokenBucket
@@ -189,8 +190,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         runtime = get_runtime()
         if runtime.draining:
             # Accepted during a drain (the admission gate was not in front): sent away.
-            retry = conf.get("HEARTBEAT_RETRY_MIN_MS") + int(
-                runtime.rng() * 1000 * (conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0))
+            retry = runtime.service(Gate).retry_after_ms("draining")  # soon, elsewhere
             await self._heartbeat_close_with_hint(CloseCode.DRAINING, "server restarting", retry)
             return
         interval = self.get_heartbeat_interval()

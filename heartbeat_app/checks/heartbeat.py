@@ -170,6 +170,16 @@ def _check_inbound() -> list:
 def _check_restarts() -> list:
     """The admission gate's and the drain's settings."""
     errors = []
+    spread, grace = conf.get("HEARTBEAT_DRAIN_SPREAD"), conf.get("PRESENCE_LEAVE_GRACE")
+    if is_seconds(spread, allow_none=False) and is_seconds(grace, allow_none=False) and (
+            spread > grace / 2):
+        errors.append(Warning(
+            f"HEARTBEAT_DRAIN_SPREAD ({spread} s) is more than half of PRESENCE_LEAVE_GRACE "
+            f"({grace} s): tabs sent back late by a drain, plus their backoff, pass their "
+            "grace and their members blink (leave and join again) for the others.",
+            hint="Keep the drain spread under half the leave grace (the defaults: 2 s and 5 s).",
+            id="heartbeat_app.W013",
+        ))
     cap = conf.get("HEARTBEAT_MAX_HANDSHAKES")
     rate = conf.get("HEARTBEAT_CONNECT_RATE")
     if not is_count(cap, allow_none=True) or not is_seconds(rate, allow_none=True):
