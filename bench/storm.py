@@ -240,15 +240,20 @@ def render_one(data):
 def cause(s):
     """What the figures say about a storm that did not all come back in time."""
     n = s["connected_before"]
-    if s["reconnected"] >= n or not s.get("hint_p50_ms"):
+    back = s["reconnected"] >= n
+    limit = 25 if n <= 5000 else 120
+    late = n >= 5000 and (s["t100_s"] is None or s["t100_s"] > limit)
+    if (back and not late) or not s.get("hint_p50_ms"):
         return []
+    refused = sum(s.get("refusals", {}).values())
     return [f"Where the time went: the process ran at {s['server_cpu_pct_after_restart']:.0f} % "
-            f"CPU after the restart and took up to {s['peak_per_s']:,} handshakes a second, "
-            f"yet the refused clients were told to come back after "
-            f"{s['hint_p50_ms'] / 1000:,.0f} s at the median and up to "
-            f"{s['hint_max_ms'] / 1000:,.0f} s: the gate's hints, not the handshake cost, set "
-            f"the time to all back ({n - s['reconnected']:,} clients were not back when the "
-            f"run ended).", ""]
+            f"CPU after the restart and took up to {s['peak_per_s']:,} handshakes a second; "
+            f"the refused clients were told to come back after "
+            f"{s['hint_p50_ms'] / 1000:,.1f} s at the median and up to "
+            f"{s['hint_max_ms'] / 1000:,.1f} s, on top of the bundled backoff, which grows with "
+            f"every refusal ({refused:,} refusals for {n:,} clients)"
+            + (f"; {n - s['reconnected']:,} clients were not back when the run ended"
+               if not back else "") + ".", ""]
 
 
 def targets(s):
