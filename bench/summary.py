@@ -146,8 +146,10 @@ def rows():
                         f"{med:.2f}× [{min(r):.2f}–{max(r):.2f}], {len(r)} rounds", "≤ 1.3×",
                         yes(max(r) <= 1.3) if max(r) <= 1.3 or med > 1.3 else
                         "median met, not every round"))
-    storms = [x for x in (load("storm"), load("storm-19k")) if x]
-    for st in storms:
+    for name in ("storm", "storm-19k"):
+        st = load(name)  # loaded one at a time: each row gets its own file's commit
+        if not st:
+            continue
         for run in st["runs"]:
             s = run["summary"]
             n = s["connected_before"]
@@ -168,7 +170,10 @@ def rows():
                         f"{bl.fmt(s['ping_p50_ms'], 1)} / {bl.fmt(p99, 1)} / "
                         f"{bl.fmt(s['ping_max_ms'], 1)} ms", "p99 ≤ 1 s",
                         yes(p99 is not None and p99 <= 1000)))
-    for ro in [x for x in (load("rolling"), load("rolling-4000")) if x]:
+    for name in ("rolling", "rolling-4000"):
+        ro = load(name)
+        if not ro:
+            continue
         s = ro["summary"]
         backs = [p["all_back_s"] for p in s["phases"]]
         out.append((f"rolling restart behind nginx, {s['connected']:,} clients: all back "
