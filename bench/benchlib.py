@@ -212,8 +212,14 @@ def machine_line(m: dict) -> str:
 def save_results(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    path.write_text(scrub(json.dumps(data, indent=1, sort_keys=False)) + "\n")
     return path
+
+
+def scrub(text: str) -> str:
+    """Results name files relative to the checkout and the interpreter, not this machine."""
+    text = text.replace(str(ROOT) + "/", "")
+    return text.replace(sys.prefix + "/", "<venv>/").replace(sys.base_prefix + "/", "<python>/")
 
 
 def update_doc(name: str, body: str) -> None:
