@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_DRAIN_SPREAD": 2.0,
     # Seconds a drain may take in all before the server's own shutdown goes on.
     "HEARTBEAT_DRAIN_TIMEOUT": 20.0,
+    # A drain first closes the process's listening sockets, so a proxy sends new
+    # connections (and returning tabs) to the other processes at once.
+    "HEARTBEAT_DRAIN_STOP_LISTENING": True,
     # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).
     "HEARTBEAT_DRAIN_ON_SIGTERM": True,
     # Garbage-collector thresholds (gen0, gen1, gen2) set once per process when the first

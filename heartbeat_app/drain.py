@@ -4,7 +4,11 @@ Every deploy and ``systemctl restart`` sends SIGTERM. Left to the server, the
 clients see 1006 or 1012 with no hint, presence leaves wait for a tick that never
 comes, and the session rows end ``instance_lost``. Drained, the process:
 
-1. refuses new handshakes (4001 and a retry hint, by the admission gate and the mixin);
+1. stops listening (``HEARTBEAT_DRAIN_STOP_LISTENING``): its listening sockets are
+   closed, so a proxy's next connect is refused at once and goes to another process,
+   instead of a returning tab being sent back here; handshakes that still arrive (a
+   socket shared with other workers, a server this cannot reach) are refused with 4001
+   and a retry hint, by the admission gate and the mixin;
 2. closes every session with a ``close`` notice and 4001, each with a retry hint
    drawn over ``HEARTBEAT_DRAIN_SPREAD`` seconds, so the clients come back spread
    out, to the processes that are still up;
@@ -24,6 +28,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -54,8 +59,9 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     spread_ms = int((conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0) * 1000)
     floor_ms = conf.get("HEARTBEAT_RETRY_MIN_MS")
     closers = list(runtime.closers.values())
-    logger.warning("draining %d sessions (retry hints spread over %d ms)", len(closers),
-                   spread_ms)
+    listeners = stop_listening() if conf.get("HEARTBEAT_DRAIN_STOP_LISTENING") else 0
+    logger.warning("draining %d sessions (retry hints spread over %d ms, %d listening "
+                   "sockets closed)", len(closers), spread_ms, listeners)
     for count, closer in enumerate(closers, 1):
         try:
             await closer(floor_ms + int(runtime.rng() * spread_ms))
@@ -80,6 +86,51 @@ async def drain(runtime: Runtime) -> dict[str, int]:
         await recorder.step(force=True, final=True)
     logger.warning("drain done: %d sessions closed", len(closers))
     return {"sessions": len(closers)}
+
+
+def stop_listening() -> int:
+    """Close this process's listening sockets; return how many were closed.
+
+    Daphne listens through Twisted ports (``stopListening()``), uvicorn through
+    asyncio servers (``Server.close()``). Each closes this process's descriptor only:
+    a socket shared with sibling workers keeps listening for them, which then take
+    the new connections. Open connections are not touched.
+    """
+    closed = 0
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None:
+        from twisted.internet import tcp, unix
+
+        for reader in list(reactor.getReaders()):
+            if isinstance(reader, tcp.Port | unix.Port):
+                try:
+                    reader.stopListening()
+                    closed += 1
+                except Exception:
+                    logger.exception("stopping a listening port failed")
+    closed += _close_asyncio_servers(asyncio.get_running_loop())
+    return closed
+
+
+def _close_asyncio_servers(loop: asyncio.AbstractEventLoop) -> int:
+    # asyncio keeps no list of a loop's servers; each listening socket is a reader
+    # whose callback is the loop's _accept_connection, with the Server among its
+    # arguments. Loops without a selector (uvloop) are left to the server's own close.
+    selector = getattr(loop, "_selector", None)
+    accept = getattr(type(loop), "_accept_connection", None)
+    if selector is None or accept is None:
+        return 0
+    servers = []
+    for key in list(selector.get_map().values()):
+        handle = key.data[0] if isinstance(key.data, tuple) and key.data else None
+        callback = getattr(handle, "_callback", None)
+        if getattr(callback, "__func__", None) is accept:
+            server = next((a for a in handle._args if isinstance(a, asyncio.Server)), None)
+            if server is not None and server not in servers:
+                servers.append(server)
+    for server in servers:
+        server.close()
+    return len(servers)
 
 
 def install_signal_handler(runtime: Runtime) -> bool:

@@ -310,6 +310,7 @@ def test_good_gc_threshold_passes(value):
     ("HEARTBEAT_DRAIN_SPREAD", "5", "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_TIMEOUT", 0, "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_ON_SIGTERM", "yes", "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_STOP_LISTENING", 1, "heartbeat_app.E013"),
 ])
 def test_bad_admission_and_drain_settings_are_errors(settings, name, value, check_id):
     setattr(settings, name, value)
@@ -346,6 +347,7 @@ BAD_VALUES = {
     "HEARTBEAT_DRAIN_SPREAD": (-1, "E013"),
     "HEARTBEAT_DRAIN_TIMEOUT": (None, "E013"),
     "HEARTBEAT_DRAIN_ON_SIGTERM": ("yes", "E013"),
+    "HEARTBEAT_DRAIN_STOP_LISTENING": ("no", "E013"),
     "HEARTBEAT_GC_THRESHOLD": ([1, 2], "E014"),
     "HEARTBEAT_RECORD_SESSIONS": ("yes", "E030"),
     "HEARTBEAT_CHECKPOINT_INTERVAL": (0, "E031"),

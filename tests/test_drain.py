@@ -103,3 +103,26 @@ async def test_drain_writes_the_rows_server_shutdown_and_stops_the_instance(
     instance = await sync_to_async(ServerInstance.objects.get)(pk=instance_id())
     assert instance.stopped_at is not None and instance.get_status() == "stopped"
     await sync_to_async(connections.close_all)()
+
+
+async def test_stop_listening_closes_asyncio_servers_and_keeps_open_connections():
+    """What uvicorn listens with: the listening socket closes, an open connection stays."""
+    import asyncio
+
+    from heartbeat_app.drain import stop_listening
+
+    async def echo(reader, writer):
+        writer.write(await reader.readline())
+        await writer.drain()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert stop_listening() == 1
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"still here\n")
+    assert await asyncio.wait_for(reader.readline(), 5) == b"still here\n"
+    writer.close()
+    server.close()  # the server's own close afterwards is harmless
+    assert stop_listening() == 0

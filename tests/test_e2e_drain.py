@@ -100,6 +100,17 @@ class Client:
             pass  # the close code is on self.ws
 
 
+async def connect_refused(port: int) -> bool:
+    """Whether a TCP connect to the port on loopback is refused."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port),
+                                           scaled(2))
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
 def rows(database_url, session_ids):
     path = database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
@@ -147,6 +158,11 @@ async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db,
         hints = [c.notice["retry_after_ms"] for c in drained]
         assert closes == [4001] * 6
         assert all(200 <= h <= 200 + SPREAD * 1000 for h in hints), hints
+        # A stopped listening before it closed anyone: a proxy's next connect is refused
+        # at once (and goes to B) while A is still flushing its leaves.
+        refused = await connect_refused(a.port)
+        assert a.proc.poll() is None, "A exited before its drain's grace was over"
+        assert refused, "A still accepts connections while it drains"
         # The returning tab comes back at once, on B, as the same member: no blink.
         back = await Client(b, "tab-r", cookie=returning_cookie).start()
         assert await until(lambda: back.hello is not None, scaled(5))

@@ -193,15 +193,17 @@ def _check_restarts() -> list:
     spread = conf.get("HEARTBEAT_DRAIN_SPREAD")
     timeout = conf.get("HEARTBEAT_DRAIN_TIMEOUT")
     on_sigterm = conf.get("HEARTBEAT_DRAIN_ON_SIGTERM")
+    stop_listening = conf.get("HEARTBEAT_DRAIN_STOP_LISTENING")
     if not (is_count(retry, allow_none=False, minimum=0)
             and (spread == 0 or is_seconds(spread, allow_none=True))
-            and is_seconds(timeout, allow_none=False) and isinstance(on_sigterm, bool)):
+            and is_seconds(timeout, allow_none=False) and isinstance(on_sigterm, bool)
+            and isinstance(stop_listening, bool)):
         errors.append(Error(
             "HEARTBEAT_RETRY_MIN_MS must be a non-negative integer, HEARTBEAT_DRAIN_SPREAD "
-            "non-negative seconds or None, HEARTBEAT_DRAIN_TIMEOUT positive seconds and "
-            f"HEARTBEAT_DRAIN_ON_SIGTERM a boolean (got {retry!r}, {spread!r}, {timeout!r}, "
-            f"{on_sigterm!r}).",
-            hint="The defaults are 500, 5.0, 20.0 and True; see docs/deployment.md.",
+            "non-negative seconds or None, HEARTBEAT_DRAIN_TIMEOUT positive seconds, and "
+            "HEARTBEAT_DRAIN_ON_SIGTERM and HEARTBEAT_DRAIN_STOP_LISTENING booleans (got "
+            f"{retry!r}, {spread!r}, {timeout!r}, {on_sigterm!r}, {stop_listening!r}).",
+            hint="The defaults are 500, 2.0, 20.0, True and True; see docs/deployment.md.",
             id="heartbeat_app.E013",
         ))
     return errors
