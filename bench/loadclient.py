@@ -53,6 +53,9 @@ class Load:
         self.last_sent = [0.0] * cfg["count"]
         self.sessions = [""] * cfg["count"]
         self.tokens = [""] * cfg["count"]  # anonymous identity tokens (identity frames)
+        self.keys = [""] * cfg["count"]  # member keys the identity frames named
+        # (member key, closed at, back at) of every reconnection: how long a tab was away.
+        self.returns: list[tuple[str, float, float]] = []
         self.closes: dict[int, int] = {}
         self.errors: dict[str, int] = {}
         self.probes = 0
@@ -93,6 +96,7 @@ class Load:
             message = json.loads(payload)
             if message.get("type") == "identity" and message.get("token"):
                 self.tokens[client.index] = message["token"]
+                self.keys[client.index] = message.get("key") or ""
         elif b'"close"' in payload:
             message = json.loads(payload)
             if message.get("type") == "close":
@@ -178,6 +182,7 @@ class Load:
         """heartbeat.js after a close: wait backoff(attempt) + the hint, try, repeat."""
         attempt = 0
         self.clients[i] = None
+        closed_at = time.time()
         while True:
             await asyncio.sleep(backoff(attempt) + (hint_ms or 0) / 1000)
             try:
@@ -199,6 +204,7 @@ class Load:
                 attempt += 1
                 continue
             self.arrivals.append(time.time())
+            self.returns.append((self.keys[i], closed_at, self.arrivals[-1]))
             return
 
     async def pinger(self, every: float):
@@ -264,7 +270,7 @@ async def main(cfg):
         elif line == "stats":
             reply({"event": "stats", "open": sum(1 for c in load.clients if c and c.is_open),
                    "closes": load.closes, "probes": load.probes, "errors": load.errors,
-                   "arrivals": load.arrivals, "failures": load.failures,
+                   "arrivals": load.arrivals, "returns": load.returns, "failures": load.failures,
                    "lost": load.lost_count, "rtts": load.rtts, "refusals": load.refusals,
                    "notices": load.notices, "hints_ms": load.hints_ms,
                    "connect_ms": load.connect_ms})
