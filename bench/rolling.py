@@ -199,7 +199,7 @@ def run(args):
     facts = bl.machine()
     work = bl.Workdir("rolling")
     bl.redis_cleanup()
-    env = {"REDIS_URL": bl.REDIS_URL}
+    env = {"REDIS_URL": bl.REDIS_URL, **dict(kv.split("=", 1) for kv in args.env)}
 
     class Srv(bl.Server):
         stop_grace = 40.0  # the drain takes the leave grace plus a tick, at most 20 s
@@ -213,6 +213,7 @@ def run(args):
     share = math.ceil(n / k)
     clients, observer, phases = [], None, []
     servers = {"a": a, "b": b}
+    phase_times: list[dict] = []
     try:
         clients = [bl.LoadClient(port=proxy.port, count=min(share, n - i * share),
                                  path="/ws/rooms/roll{room}/", offset=i * share,
@@ -235,6 +236,7 @@ def run(args):
             before = sum(s["open"] for s in total(clients))
             arrivals0 = sum(len(s["arrivals"]) for s in total(clients))
             t_term = time.time()
+            phase_times.append({"server": name, "term": t_term})
             old.stop()  # SIGTERM; waits for the process to exit
             t_exit = time.time()
             new = Srv(work, "daphne", env, name=name, port=old.port).start()
@@ -310,7 +312,9 @@ def run(args):
     }
     print(summary, flush=True)
     data = {"machine": facts, "commit": args.commit, "args": vars(args), "summary": summary,
-            "blinks": report["blinks"][:200], "ghosts": ghosts[:200]}
+            "blinks": report["blinks"], "ghosts": ghosts[:200],
+            "returns": [r for s in stats for r in s.get("returns", [])],
+            "phase_times": phase_times}
     name = f"rolling-{args.tag}" if args.tag else "rolling"
     bl.save_results(name, data)
     bl.update_doc(name, render(data, name))
@@ -355,6 +359,7 @@ def render(data, name="rolling"):
         f"Commit `{data['commit']}`. " + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.rolling --clients {a['clients']} --wait "
         f"{a['wait']:g}" + (f" --tag {a['tag']}" if a.get("tag") else "")
+        + "".join(f" --env {kv}" for kv in a.get("env", []))
         + f"` (results: `bench/results/{name}.json`).", "",
         "A real nginx (its own config on loopback: one upstream of both processes, "
         "round-robin, the next upstream tried when one refuses connections) fronts two "
@@ -430,6 +435,8 @@ def main():
     parser.add_argument("--between", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=12.0)
     parser.add_argument("--poll", type=float, default=0.25)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the servers, e.g. HEARTBEAT_DRAIN_STOP_LISTENING=0")
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--commit", default=subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,

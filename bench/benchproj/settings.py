@@ -21,3 +21,6 @@ ASGI_APPLICATION = f"{__package__}.asgi.application"
 if CHANNEL_LAYERS["default"]["BACKEND"].startswith("channels_redis."):
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = os.environ.get(
         "BENCH_LAYER_PREFIX", "hbbench:asgi")
+
+# A drain's listening sockets, for paired runs (bench/rolling.py --env ...=0).
+HEARTBEAT_DRAIN_STOP_LISTENING = os.environ.get("HEARTBEAT_DRAIN_STOP_LISTENING", "1") != "0"
