@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,8 +34,19 @@ def _env_bool(name: str, default: bool) -> bool:
     return value.lower() in {"1", "true", "yes", "on"}
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-insecure-key-change-me")
-DEBUG = _env_bool("DJANGO_DEBUG", False)
+# DEBUG is on unless DJANGO_DEBUG says otherwise, so `make run` works as it is; with DEBUG
+# off the demo needs a key of its own: the one below is public, and whoever knows a site's
+# key can sign its anonymous tokens and cookies.
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+_DEMO_SECRET_KEY = "demo-only-insecure-key-change-me"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _DEMO_SECRET_KEY
+if not DEBUG and SECRET_KEY == _DEMO_SECRET_KEY:
+    raise ImproperlyConfigured(
+        "The demo runs with DEBUG off (DJANGO_DEBUG=0) but without a SECRET_KEY of its own, "
+        "and its built-in key is public. Set DJANGO_SECRET_KEY to a long random string, e.g. "
+        "the output of: python -c \"import secrets; print(secrets.token_urlsafe(50))\" "
+        "(or leave DJANGO_DEBUG unset for a local demo)."
+    )
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
     if h.strip()

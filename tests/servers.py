@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -58,6 +59,28 @@ async def until(predicate, timeout: float, step: float = 0.02) -> bool:
             return True
         await asyncio.sleep(step)
     return bool(predicate())
+
+
+def _run_secret_key() -> str:
+    """DJANGO_SECRET_KEY if set, else a random key made once per run.
+
+    The servers run the demo with DEBUG off, where it refuses its public key. The tests
+    sign anonymous tokens in this process for the servers to accept, so a Django set up
+    here (pytest's) signs with the same key.
+    """
+    key = os.environ.get("DJANGO_SECRET_KEY")
+    if key:
+        return key  # the test settings read it too
+    key = secrets.token_urlsafe(50)
+    from django.conf import settings
+
+    if settings.configured:
+        settings.SECRET_KEY = key
+    return key
+
+
+#: SECRET_KEY of every server this run starts (and of this process's Django).
+SECRET_KEY = _run_secret_key()
 
 
 START_TIMEOUT = scaled(30.0)  # seconds until a started server must listen
@@ -111,6 +134,9 @@ class ServerProcess:
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
         self.env = {**os.environ, **env}
         self.env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+        # DEBUG off, as in production, with a key of this run (the demo's is public).
+        self.env.setdefault("DJANGO_DEBUG", "0")
+        self.env.setdefault("DJANGO_SECRET_KEY", SECRET_KEY)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc: subprocess.Popen | None = None
 
@@ -198,6 +224,10 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
         "HEARTBEAT_MESSAGE_RATE": "off",
         # pytest-django exports the test settings; the servers run the demo's own.
         "DJANGO_SETTINGS_MODULE": "project.settings",
+        # DEBUG off unless the developer's environment says otherwise, so with a key: the
+        # demo refuses its public one. Tokens signed by the tests are valid on the servers.
+        "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "0"),
+        "DJANGO_SECRET_KEY": SECRET_KEY,
     }
     env.update(overrides)
     return env

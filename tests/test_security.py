@@ -322,3 +322,39 @@ def test_the_version_matrix_fails_under_ci_when_its_python_is_missing(tmp_path, 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == code, done.stdout + done.stderr
     assert "no Python 3.12 or 3.13" in done.stdout + done.stderr
+
+
+# The demo's SECRET_KEY -----------------------------------------------------------------------
+
+
+def _demo_check(**env):
+    """``manage.py check`` of the demo, with ``env`` instead of the developer's key and DEBUG."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_SETTINGS_MODULE")}
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT,
+                          env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("key", [None, "", "demo-only-insecure-key-change-me"])
+def test_the_demo_refuses_to_start_with_debug_off_and_its_public_key(key):
+    """DEBUG off without a key of its own (or with the demo's, which is public) fails."""
+    done = _demo_check(DJANGO_DEBUG="0", **({} if key is None else {"DJANGO_SECRET_KEY": key}))
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr
+    assert "Set DJANGO_SECRET_KEY to a long random string" in done.stderr
+
+
+def test_the_demo_starts_with_a_key_of_its_own_or_with_debug_on():
+    """A key of its own with DEBUG off, or DJANGO_DEBUG unset (make run), passes the checks."""
+    import secrets
+
+    with_key = _demo_check(DJANGO_DEBUG="0", DJANGO_SECRET_KEY=secrets.token_urlsafe(50))
+    assert with_key.returncode == 0, with_key.stdout + with_key.stderr
+    out_of_the_box = _demo_check()
+    assert out_of_the_box.returncode == 0, out_of_the_box.stdout + out_of_the_box.stderr
