@@ -281,6 +281,7 @@ def run(args):
         for s in servers.values():
             s.stop()
         proxy.stop()
+        proxy_errors = nginx_error_kinds(proxy.errors())
         logs = {name: s.log() for name, s in servers.items()}
         bl.redis_cleanup()
     ghosts = [m for m in metas if m["session"] not in live]
@@ -306,7 +307,8 @@ def run(args):
         "poll_ms_max": report["poll_ms_max"],
         "metas_at_end": len(metas), "live_at_end": len(live), "ghosts": len(ghosts),
         "live_not_listed": len(live - listed), "errors": errors, "refusals": refusals,
-        "notices": notices, "tracebacks": sum(x.count("Traceback") for x in logs.values()),
+        "notices": notices, "proxy_errors": proxy_errors,
+        "tracebacks": sum(x.count("Traceback") for x in logs.values()),
         "http_5xx": sum(v for key, v in errors.items()
                         if key.startswith("HTTP/") and " 5" in key[8:12]),
     }
@@ -318,6 +320,19 @@ def run(args):
     name = f"rolling-{args.tag}" if args.tag else "rolling"
     bl.save_results(name, data)
     bl.update_doc(name, render(data, name))
+
+
+def nginx_error_kinds(text: str) -> dict[str, int]:
+    """nginx's error log counted by kind (what a 502 was, seen from the proxy)."""
+    kinds: dict[str, int] = {}
+    for line in text.splitlines():
+        if "[error]" not in line and "[warn]" not in line:
+            continue
+        body = line.split("*", 1)[-1]
+        body = body.split(" ", 1)[-1].split(", client:")[0]
+        body = body.split(" while ")[0]
+        kinds[body] = kinds.get(body, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:8])
 
 
 def classify(blinks, returns):
@@ -408,6 +423,8 @@ def render(data, name="rolling"):
         f"{codes(s['refusals'])} |",
         f"| failed attempts | {errors} |",
         f"| HTTP 5xx | {s['http_5xx']:,} |",
+        "| nginx's error log, by kind | " + (", ".join(
+            f"`{k}`: {v:,}" for k, v in s.get("proxy_errors", {}).items()) or "none") + " |",
         f"| tracebacks in the servers' logs | {s['tracebacks']} |",
         "",
         "Targets: 0 blinks of tabs back within the grace "
