@@ -184,6 +184,37 @@ def rows():
                     "at the end",
                     f"{s['blinks']:,} / {s['ghosts']:,}", "0 / 0",
                     yes(s["blinks"] == 0 and s["ghosts"] == 0)))
+    big = load("bigroom")
+    for r in sorted((big or {}).get("runs", {}).values(),
+                    key=lambda r: (-r["size"], r["kind"] != "count")):
+        CURRENT["commit"] = r.get("commit")  # each run of this file names its own commit
+        what = "count-only" if r["kind"] == "count" else "full list"
+        late = r.get("late")
+        if late:
+            to_each = (late["presence_count_bytes_per_member_per_join"]
+                       + late["presence_diff_bytes_per_member_per_join"])
+            out.append((f"a join late in the ramp of a room of {r['size']:,}, {what}: server "
+                        "CPU / joiner's presence_state / bytes to each member",
+                        f"{late['cpu_ms_per_join']:.1f} ms / "
+                        f"{bl.fmt(bl.pct(late['state_bytes'], 50))} B / {to_each:,.1f} B",
+                        "–", "reported"))
+        else:
+            out.append((f"ramp into a room of {r['size']:,}, {what}",
+                        f"{r['ramp']['joined']:,} of {r['ramp']['planned']:,} joined in "
+                        f"{r['ramp']['seconds']:.0f} s (budget)", "–", "reported"))
+        t = r.get("typing")
+        if t:
+            p99 = [bl.pct([x[1] * 1000 for x in t["probes"][w]["rtts"]], 99)
+                   for w in ("in_room", "other_room")]
+            out.append((f"probe ping p99 with {t['senders']} members typing at {t['rate']:g}/s "
+                         f"in a room of {r['size']:,} (probes in the room / in another room)",
+                         " / ".join(f"{bl.fmt(x, 1)} ms" for x in p99), "≤ 20 ms",
+                         yes(all(x is not None and x <= 20 for x in p99))))
+            got = sum(t["delivered_per_sender"].values())
+            per = got / max(1, t["recipients"]) / t["senders"] / t["seconds"]
+            out.append(("typing signals delivered per sender per second in that room",
+                        f"{per:.3f}", f"{min(t['rate'], 10):g} (`PRESENCE_SIGNAL_RATE`)",
+                        yes(per >= 0.9 * min(t["rate"], 10))))
     return out
 
 
