@@ -36,6 +36,7 @@ RUNS = {  # name -> the bench module and its arguments
                      "--profile"],
     "bigroom-2000": ["bigroom", "--runs", "full:2000,count:2000", "--gc-threshold",
                      "50000,20,100"],
+    "bigroom-gc-default": ["bigroom", "--runs", "count:10000", "--tag", "gc-default"],
     "summary": ["summary"],
 }
 

@@ -188,7 +188,8 @@ def rows():
     for r in sorted((big or {}).get("runs", {}).values(),
                     key=lambda r: (-r["size"], r["kind"] != "count")):
         CURRENT["commit"] = r.get("commit")  # each run of this file names its own commit
-        what = "count-only" if r["kind"] == "count" else "full list"
+        what = ("count-only" if r["kind"] == "count" else "full list") + (
+            f", {r['tag']}" if r.get("tag") else "")
         late = r.get("late")
         if late:
             to_each = (late["presence_count_bytes_per_member_per_join"]
