@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from . import conf
@@ -21,9 +22,20 @@ ALIVE, LOST, STOPPED = "alive", "lost", "stopped"
 
 
 def lost_before(now=None):
-    """Instances whose last beat is older than this are lost."""
+    """Instances whose last beat is older than this are lost (``now``: this process's clock)."""
     now = now or timezone.now()
     return now - timedelta(seconds=conf.get("PRESENCE_INSTANCE_TTL"))
+
+
+def lost_cutoff(now=None):
+    """``lost_before()`` on the database's clock, as an expression; ``now`` overrides it.
+
+    Beats are written with the database's clock, so a process whose own clock is
+    off neither looks lost nor takes the others for lost (issue #11).
+    """
+    if now is not None:
+        return lost_before(now)
+    return Now() - timedelta(seconds=conf.get("PRESENCE_INSTANCE_TTL"))
 
 
 class ServerInstanceQuerySet(models.QuerySet):
@@ -31,7 +43,7 @@ class ServerInstanceQuerySet(models.QuerySet):
         """Annotate ``status``: alive, lost (silent past its TTL) or stopped."""
         return self.annotate(status=Case(
             When(stopped_at__isnull=False, then=Value(STOPPED)),
-            When(last_beat__lt=lost_before(now), then=Value(LOST)),
+            When(last_beat__lt=lost_cutoff(now), then=Value(LOST)),
             default=Value(ALIVE),
         ))
 
@@ -67,17 +79,20 @@ class SessionQuerySet(models.QuerySet):
     def with_status(self, now=None):
         """Annotate ``status``: live, stale, zombie or closed.
 
-        An open session is judged as of its process's last checkpoint (the
-        instance's ``last_beat``), when its silence was known exactly; a session
-        whose process is lost or stopped is a zombie until the reaper closes it.
+        An open session is judged as of its row's last write (``recorded_at``, on
+        the clock of the process that wrote its deadlines), when its silence was
+        known exactly; a session whose process is lost or stopped is a zombie
+        until the reaper closes it.
         """
         gone = Q(instance__isnull=True) | Q(instance__stopped_at__isnull=False) | Q(
-            instance__last_beat__lt=lost_before(now))
+            instance__last_beat__lt=lost_cutoff(now))
+        # Rows written before recorded_at existed: as of their process's last beat.
+        as_of = Coalesce(F("recorded_at"), F("instance__last_beat"))
         return self.annotate(status=Case(
             When(closed_at__isnull=False, then=Value(CLOSED)),
             When(gone, then=Value(ZOMBIE)),
-            When(zombie_after__lte=F("instance__last_beat"), then=Value(ZOMBIE)),
-            When(stale_after__lte=F("instance__last_beat"), then=Value(STALE)),
+            When(zombie_after__lte=as_of, then=Value(ZOMBIE)),
+            When(stale_after__lte=as_of, then=Value(STALE)),
             default=Value(LIVE),
         ))
 
@@ -110,6 +125,10 @@ class Session(models.Model):
     # zombie_after it closes the session (or, with no timeout, has given up).
     stale_after = models.DateTimeField(null=True, blank=True)
     zombie_after = models.DateTimeField(null=True, blank=True)
+    # When its process last wrote the row, on that process's clock, like the deadlines
+    # above: the row is judged as of then. Rows are checkpointed a slice at a time, so
+    # this is not the instance's last beat (which is on the database's clock).
+    recorded_at = models.DateTimeField("recorded", null=True, blank=True)
     interval = models.FloatField(null=True, blank=True, help_text="Seconds.")
     timeout = models.FloatField(null=True, blank=True, help_text="Seconds.")
     rtt_ms = models.FloatField("RTT (ms)", null=True, blank=True)
@@ -139,9 +158,10 @@ class Session(models.Model):
         instance = self.instance
         if instance is None or instance.get_status(now) != ALIVE:
             return ZOMBIE
-        if self.zombie_after is not None and self.zombie_after <= instance.last_beat:
+        as_of = self.recorded_at or instance.last_beat
+        if self.zombie_after is not None and self.zombie_after <= as_of:
             return ZOMBIE
-        if self.stale_after is not None and self.stale_after <= instance.last_beat:
+        if self.stale_after is not None and self.stale_after <= as_of:
             return STALE
         return LIVE
 

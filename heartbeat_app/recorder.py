@@ -1,10 +1,12 @@
 """Session rows for the admin, written in bulk: one recorder per event loop.
 
-Opens and closes are queued and written at the next tick; every
+Opens and closes are queued and written at the next tick. Every
 HEARTBEAT_CHECKPOINT_INTERVAL the recorder also writes ``last_seen``, RTT and
-visibility of all local sessions in one bulk update, and beats the process's
-ServerInstance row. A heartbeat never waits on the database. When the database
-is down, everything stays queued and catches up when it is back.
+visibility of each local session, a slice of them at each tick (``checkpoint.Pace``),
+so no tick writes them all at once (issue #12). Every write beats the process's
+ServerInstance row on the database's clock (issue #11). A heartbeat never waits
+on the database. When the database is down, everything stays queued and catches
+up when it is back.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import connection, transaction
+from django.db.models.functions import Now
 
 from . import conf, sessionlog
+from .checkpoint import EPSILON, Pace
 from .instance import host, instance_id, started_at
-from .models import ServerInstance, Session, lost_before, zombie_grace
+from .models import ServerInstance, Session, lost_cutoff, zombie_grace
 from .protocol import CloseCode, CloseReason
 from .runtime import Runtime, Service
 from .scheduler import Scheduler
@@ -54,11 +58,13 @@ class Recorder(Service):
     def __init__(self, runtime: Runtime):
         super().__init__(runtime)
         self.local: dict[str, SessionState] = {}
-        self.opens: dict[str, Row] = {}
+        # Sessions whose first row is not written yet (an ordered set).
+        self.fresh: dict[str, None] = {}
         self.closes: dict[str, Row] = {}
-        self.last_checkpoint = 0.0
+        # The local sessions whose rows are written, in the order they come round.
+        self.pace = Pace()
+        self.swept: float | None = None  # monotonic time of the last lost-instance sweep
         self.failing = False
-        self._written: set[str] = set()
 
     # Called by the mixin; O(1), no I/O -----------------------------------------
 
@@ -68,12 +74,15 @@ class Recorder(Service):
         if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
             return
         self.local[state.id] = state
+        self.fresh[state.id] = None
         self.ensure_running()
 
     def closed(self, state: SessionState) -> None:
         """Queue the end of a session's row."""
         sessionlog.closed(state, self.clock.wall())
         known = self.local.pop(state.id, None) is not None
+        self.fresh.pop(state.id, None)
+        self.pace.discard(state.id)
         if state.user_id is None and not conf.get("HEARTBEAT_RECORD_ANONYMOUS"):
             return
         row = self._row(state, live=known)
@@ -110,6 +119,7 @@ class Recorder(Service):
             "stale_after": None if state.interval is None else _dt(
                 seen + state.interval + state.phase),
             "zombie_after": None if grace is None else _dt(seen + grace),
+            "recorded_at": _dt(now),
             "interval": state.interval,
             "timeout": state.timeout,
             "rtt_ms": _ms(state.rtt),
@@ -124,43 +134,55 @@ class Recorder(Service):
             "close_reason": "",
         }
 
+    async def _rows(self, session_ids: list[str]) -> list[Row]:
+        rows = []
+        for count, sid in enumerate(session_ids, 1):
+            state = self.local.get(sid)
+            if state is not None:  # not if it closed while rows were built
+                rows.append(self._row(state))
+            if count % ROW_BATCH == 0:
+                # Rows of thousands of sessions (a reconnect storm's opens, a catch-up
+                # after an outage) are built in slices, so other traffic is served
+                # in between.
+                await asyncio.sleep(0)
+        return rows
+
     # The tick -------------------------------------------------------------------
 
     def ensure_running(self) -> None:
         if not conf.get("HEARTBEAT_RECORD_SESSIONS"):
             self.local.clear()
+            self.fresh.clear()
             self.closes.clear()
+            self.pace.clear()
             return
         super().ensure_running()
 
     async def step(self, planned: float | None = None, *, force: bool = False,
                    final: bool = False) -> None:
-        """Write what is due: new rows, closes, and the checkpoint when its time comes.
+        """Write what is due: new rows, closes, and this tick's slice of the checkpoint.
 
-        ``final``: the process is stopping; its instance row gets ``stopped_at``.
+        Once an interval the write also closes out the rows of lost processes.
+        ``force``: every row now (tests, the drain). ``final``: the process is
+        stopping; its instance row gets ``stopped_at``.
         """
         now = self.clock.wall()
-        checkpoint = force or now - self.last_checkpoint >= conf.get(
-            "HEARTBEAT_CHECKPOINT_INTERVAL")
-        new = [sid for sid in self.local if sid not in self._written]
-        if not (checkpoint or new or self.closes):
+        mono = self.clock.monotonic()
+        interval = conf.get("HEARTBEAT_CHECKPOINT_INTERVAL")
+        due = self.pace.due(mono, interval)
+        if force:
+            due = list(self.pace)
+        sweep = force or self.swept is None or mono - self.swept >= interval - EPSILON
+        if not (due or self.fresh or self.closes or sweep):
             return
-        for sid in new:
-            self.opens[sid] = self._row(self.local[sid])
-        updates = []
-        if checkpoint:
-            due = [state for sid, state in self.local.items() if sid not in self.opens]
-            for count, state in enumerate(due, 1):
-                updates.append(self._row(state))
-                if count % ROW_BATCH == 0:
-                    # Rows of thousands of sessions are built in slices, so other
-                    # traffic is served in between.
-                    await asyncio.sleep(0)
-        opens, closes = dict(self.opens), dict(self.closes)
+        fresh = list(self.fresh)
+        opens = await self._rows(fresh)
+        updates = await self._rows(due)
+        closes = dict(self.closes)
         try:
             await database_sync_to_async(write)(
-                list(opens.values()), updates, list(closes.values()), len(self.local),
-                _dt(now), stopped=final)
+                opens, updates, list(closes.values()), len(self.local), _dt(now),
+                stopped=final, sweep=sweep)
         except Exception as exc:
             self.metrics.row_failures.inc()
             if not self.failing:
@@ -171,39 +193,47 @@ class Recorder(Service):
             self.failing = False
             logger.warning("session rows written again after an outage")
         self.metrics.row_writes.inc()
-        self._written.update(opens)
-        for sid in opens:
-            self.opens.pop(sid, None)
+        for sid in fresh:
+            if sid in self.fresh:  # not if it closed during the write
+                del self.fresh[sid]
+                self.pace.add(sid, mono)
+        self.pace.wrote(due, mono)
         for sid in closes:
             self.closes.pop(sid, None)
-            self._written.discard(sid)
-        if checkpoint:
-            self.last_checkpoint = now
+        if sweep:
+            self.swept = mono
 
 
 def write(opens: list, updates: list, closes: list, session_count: int, now: datetime,
-          stopped: bool = False) -> None:
+          stopped: bool = False, sweep: bool = True) -> None:
     """One transaction: beat the instance, then every row of the tick in one statement.
 
     Rows are dicts of column values (``Session`` instances are taken too). New
     rows, checkpoints and closes are all one upsert, so the number of queries
     does not depend on the number of sessions, and a row that another process
     closed while its session still beats (a clock or network hiccup) is reopened
-    by the next checkpoint. ``stopped``: the process is stopping; its instance
-    row says so.
+    by the next checkpoint. The beat (and ``stopped_at`` when ``stopped``: the
+    process is stopping) is the database's time, not ``now``: the other
+    processes judge it on that clock. ``sweep``: also close out the rows of lost
+    processes.
     """
-    stopped_at = now if stopped else None
+    stopped_at = Now() if stopped else None
     with transaction.atomic():
         beat = ServerInstance.objects.filter(pk=instance_id()).update(
-            last_beat=now, session_count=session_count, stopped_at=stopped_at)
+            last_beat=Now(), session_count=session_count, stopped_at=stopped_at)
         if not beat:
             ServerInstance.objects.create(
                 id=instance_id(), host=host(), pid=os.getpid(), started_at=_dt(started_at()),
-                last_beat=now, session_count=session_count, stopped_at=stopped_at)
-        rows = [_as_row(row) for row in (*opens, *updates, *closes)]
+                last_beat=Now(), session_count=session_count, stopped_at=stopped_at)
+        # One row per session, the latest: an upsert may not touch a row twice
+        # (PostgreSQL), and a session that closed while its open row was queued
+        # (an outage) or built is in both.
+        rows = list({row["id"]: row for row in map(_as_row, (*opens, *updates, *closes))}
+                    .values())
         if rows:
             upsert(rows)
-        reconcile(now)
+        if sweep:
+            reconcile(now)
 
 
 def _as_row(row) -> Row:
@@ -260,13 +290,15 @@ def upsert(rows: list[Row]) -> None:
 
 
 def reconcile(now: datetime) -> int:
-    """Close the open rows of processes that are gone (``instance_lost``).
+    """Close the open rows of processes that are gone (``instance_lost``) at ``now``.
 
-    Runs with every write, so rows left open by a process that died while no
-    other process ran are closed out by the next process to start.
+    Runs once an interval with the writes, so rows left open by a process that
+    died while no other process ran are closed out by the next process to start.
+    A process is gone when its last beat is older than the instance TTL on the
+    database's clock, the one its beats were written with: a process whose own
+    clock is off closes no one by mistake (issue #11).
     """
-    cutoff = lost_before(now)
-    lost = ServerInstance.objects.filter(last_beat__lt=cutoff, stopped_at__isnull=True)
+    lost = ServerInstance.objects.filter(last_beat__lt=lost_cutoff(), stopped_at__isnull=True)
     closed = Session.objects.filter(closed_at__isnull=True).filter(
         instance__in=lost).update(closed_at=now, close_code=int(CloseCode.ABNORMAL),
                                   close_reason=CloseReason.INSTANCE_LOST)
