@@ -21,8 +21,9 @@ a protocol ping every 20 ms on a fixed schedule; the same probes ping for as lon
 the typing starts, as the baseline. ``--profile`` runs py-spy (on CPU 1) over the ramp
 and over an extra typing burst after the measured one.
 
-    .venv/bin/python -m bench.bigroom --runs count:10000 --typing 100 \
-        --gc-threshold 50000,20,100 --profile
+    .venv/bin/python -m bench.bigroom --runs count:10000 --gc-threshold 50000,20,100
+    .venv/bin/python -m bench.bigroom --runs count:10000 --late 0 --typing 100 \
+        --gc-threshold 50000,20,100 --tag typing --profile
     .venv/bin/python -m bench.bigroom --runs full:10000 --gc-threshold 50000,20,100 --profile
     .venv/bin/python -m bench.bigroom --runs full:2000,count:2000 --gc-threshold 50000,20,100
 
@@ -118,12 +119,16 @@ def cpu_over(server: bl.Server, seconds: float) -> float:
     return (server.cpu_seconds() - c0) / (time.time() - t0)
 
 
-def settle(server: bl.Server, low: float = 0.35, least: float = 5.0, most: float = 60.0):
-    """Wait until the server's CPU over one second is below ``low`` of a core."""
+def settle(server: bl.Server, least: float = 10.0, most: float = 60.0) -> float:
+    """Wait until the server's CPU over 5 s (a checkpoint period) stops falling."""
     t0 = time.time()
-    time.sleep(least)
-    while time.time() - t0 < most and cpu_over(server, 1.0) > low:
-        pass
+    time.sleep(least - 5)
+    last = cpu_over(server, 5.0)
+    while time.time() - t0 < most:
+        now = cpu_over(server, 5.0)
+        if now > last - 0.05:  # within 5 points of a core of the window before
+            break
+        last = now
     return time.time() - t0
 
 
@@ -131,7 +136,7 @@ def scrape(port: int) -> dict[str, float]:
     """The app's counters from the server's /metrics view."""
     out = {}
     try:
-        with urllib.request.urlopen(f"http://{bl.HOST}:{port}/metrics", timeout=60) as r:
+        with urllib.request.urlopen(f"http://{bl.HOST}:{port}/metrics", timeout=30) as r:
             text = r.read().decode()
     except Exception as exc:
         return {"error": str(exc)[:80]}
@@ -277,53 +282,18 @@ def run_one(work, kind: str, size: int, args) -> dict:
         print(kind, size, "ramp", ok, f"in {t1 - t0:.0f} s", flush=True)
         if not rec["ramp"]["done"]:
             rec["dump"] = py_spy_dump(server.proc.pid) if args.profile else None
-            rec["settle_s"] = settle(server, most=30)
+            rec["settle_s"] = settle(server, most=20)
             return rec
         rec["settle_s"] = settle(server)
         # Idle baseline ---------------------------------------------------------------
         rec["idle_cpu_pct"] = cpu_over(server, args.idle) * 100
-        # The late joins --------------------------------------------------------------
-        before = all_cmd(procs, cmd="mark")
-        tw0, cw0 = time.time(), server.cpu_seconds()
-        answer = late_proc.cmd(cmd="open", n=late, inflight=args.inflight, rate=args.rate)
-        tj = time.time()
-        joined = answer["ok"]
-        expect = ok + joined
-        deadline = time.time() + 60
-        time.sleep(1.0)
-        while True:
-            after = all_cmd(procs, cmd="counters")
-            done = observers_done(after, kind, expect, joined, before)
-            if done or time.time() > deadline:
-                break
-            time.sleep(0.5)
-        time.sleep(1.0)  # the last fan-out written out
-        tw1, cw1 = time.time(), server.cpu_seconds()
-        after = all_cmd(procs, cmd="counters")
-        n_old = sum(c["n_old"] for c in after)
-        got = delta(merge(after, "old"), merge(before, "old"))
-        idle = rec["idle_cpu_pct"] / 100 * (tw1 - tw0)
-        rec["late"] = {
-            "joined": joined, "failed": answer["failed"], "errors": answer["errors"],
-            "refusals": answer["refusals"], "seconds": tj - tw0, "window_s": tw1 - tw0,
-            "told_all": done, "existing_members": n_old,
-            "cpu_s": cw1 - cw0, "idle_cpu_s": idle,
-            "cpu_ms_per_join": (cw1 - cw0 - idle) / max(1, joined) * 1000,
-            "cpu_ms_per_join_gross": (cw1 - cw0) / max(1, joined) * 1000,
-            "state_bytes": [j[2] for j in answer["joins"]],
-            "join_ms": [j[1] for j in answer["joins"]],
-            "received_by_existing": got,
-            "observer": [c["observer"] for c in after],
-        }
-        for kind_ in ("presence_diff", "presence_count"):
-            frames, nbytes = got.get(kind_, [0, 0])
-            rec["late"][f"{kind_}_bytes_per_member_per_join"] = nbytes / max(1, n_old) / max(
-                1, joined)
-            rec["late"][f"{kind_}_frames_per_member"] = frames / max(1, n_old)
-        print(kind, size, "late", {k: v for k, v in rec["late"].items()
-                                   if not isinstance(v, list)}, flush=True)
+        members = ok
+        if late:
+            rec["late"] = late_window(server, procs, late_proc, kind, ok, late,
+                                      rec["idle_cpu_pct"], args)
+            members += rec["late"]["joined"]
         if args.typing and kind == "count":
-            rec["typing"] = typing(server, procs, late_proc, extra, expect, work, args)
+            rec["typing"] = typing(server, procs, late_proc, extra, members, work, args)
     finally:
         sampler.running = False
         for p in [*procs, late_proc, *extra]:
@@ -336,6 +306,51 @@ def run_one(work, kind: str, size: int, args) -> dict:
         rec["log_tail"] = log[-2000:] if rec.get("tracebacks") else ""
         bl.redis_cleanup()
     return rec
+
+
+def late_window(server, procs, late_proc, kind: str, ok: int, late: int, idle_pct: float,
+                args) -> dict:
+    """The last members join at args.rate; what it cost the server and told the others."""
+    before = all_cmd(procs, cmd="mark")
+    tw0, cw0 = time.time(), server.cpu_seconds()
+    answer = late_proc.cmd(cmd="open", n=late, inflight=args.inflight, rate=args.rate)
+    tj = time.time()
+    joined = answer["ok"]
+    expect = ok + joined
+    deadline = time.time() + 60
+    time.sleep(1.0)
+    while True:
+        after = all_cmd(procs, cmd="counters")
+        done = observers_done(after, kind, expect, joined, before)
+        if done or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # the last fan-out written out
+    tw1, cw1 = time.time(), server.cpu_seconds()
+    after = all_cmd(procs, cmd="counters")
+    n_old = sum(c["n_old"] for c in after)
+    got = delta(merge(after, "old"), merge(before, "old"))
+    idle = idle_pct / 100 * (tw1 - tw0)
+    out = {
+        "joined": joined, "failed": answer["failed"], "errors": answer["errors"],
+        "refusals": answer["refusals"], "seconds": tj - tw0, "window_s": tw1 - tw0,
+        "told_all": done, "existing_members": n_old,
+        "cpu_s": cw1 - cw0, "idle_cpu_s": idle,
+        "cpu_ms_per_join": (cw1 - cw0 - idle) / max(1, joined) * 1000,
+        "cpu_ms_per_join_gross": (cw1 - cw0) / max(1, joined) * 1000,
+        "state_bytes": [j[2] for j in answer["joins"]],
+        "join_ms": [j[1] for j in answer["joins"]],
+        "received_by_existing": got,
+        "observer": [c["observer"] for c in after],
+    }
+    for kind_ in ("presence_diff", "presence_count"):
+        frames, nbytes = got.get(kind_, [0, 0])
+        out[f"{kind_}_bytes_per_member_per_join"] = nbytes / max(1, n_old) / max(
+            1, joined)
+        out[f"{kind_}_frames_per_member"] = frames / max(1, n_old)
+    print(kind, ok + joined, "late", {k: v for k, v in out.items()
+                                      if not isinstance(v, list)}, flush=True)
+    return out
 
 
 def typing(server, procs, late_proc, extra, members, work, args) -> dict:
@@ -365,7 +380,7 @@ def typing(server, procs, late_proc, extra, members, work, args) -> dict:
     if args.profile:
         time.sleep(2.0)
         rec["profiled"] = burst(server, procs, probes, args, profile=True, work=work,
-                                seconds=min(20.0, args.typing_seconds))
+                                seconds=min(15.0, args.typing_seconds))
     return rec
 
 
@@ -398,7 +413,7 @@ def burst(server, procs, probes, args, *, profile, work, seconds=None) -> dict:
     m1 = scrape(server.port)
     # Drain: signals still arriving after the senders stopped.
     last, still, t_last = -1, 0, time.time()
-    while time.time() - t1 < (20 if profile else 60):
+    while time.time() - t1 < (10 if profile else 45):
         now = sum(c["signals_total"] for c in all_cmd(everyone, cmd="counters"))
         if now != last:
             last, t_last, still = now, time.time(), 0
@@ -460,9 +475,9 @@ def command_line(args, runs: str) -> str:
             parts += ["--typing-seconds", f"{args.typing_seconds:g}"]
     if args.budget != 300:
         parts += ["--budget", f"{args.budget:g}"]
-    if args.late != 500:
+    if args.late != 300:
         parts += ["--late", str(args.late)]
-    if args.rate != 20:
+    if args.rate != 5:
         parts += ["--rate", f"{args.rate:g}"]
     if args.gc_threshold:
         parts += ["--gc-threshold", args.gc_threshold]
@@ -504,8 +519,9 @@ def main():
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="count:10000", help="kind:size, one run each")
-    parser.add_argument("--late", type=int, default=500, help="joins measured at the end")
-    parser.add_argument("--rate", type=float, default=20.0, help="late joins per second")
+    parser.add_argument("--late", type=int, default=300,
+                        help="joins measured at the end (0: none)")
+    parser.add_argument("--rate", type=float, default=5.0, help="late joins per second")
     parser.add_argument("--inflight", type=int, default=25,
                         help="handshakes in flight per client process")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for the ramp")

@@ -159,7 +159,8 @@ def render(data) -> str:
                "`gc.set_threshold(" + ", ".join(sorted(str(g) for g in gc_args if g))
                + ")` in the server (`BENCH_GC_THRESHOLD` of `bench/benchproj`)"
                + (" unless a run's tag says otherwise" if None in gc_args else ""))
-    late_n, rate = first["late_planned"], first["rate"]
+    with_late = next((r for r in runs if r.get("late")), first)
+    late_n, rate = with_late["late_planned"], with_late["rate"]
     lines = [
         "## A room of 10,000 members", "",
         bl.machine_line(first["machine"]), "",
@@ -178,14 +179,15 @@ def render(data) -> str:
         f"room `{ROOM}`. Client processes (CPU 1, the raw client of `bench/roomclient.py`, "
         f"{PER_PROCESS:,} connections each, {first.get('inflight', 25)} handshakes in flight "
         "each) open the room up to its size less "
-        f"{late_n:,}; once the server is quiet and its idle CPU has been read for "
-        f"{first.get('idle_s', 10):g} s, the last {late_n:,} members join from a process of "
-        f"their own at "
-        f"{rate:g} a second. A member has joined when its `presence_state` arrived. For "
+        f"{late_n:,}; once the server's CPU has settled (two 5 s windows within 5 points of "
+        f"a core) and its idle rate has been read for {with_late.get('idle_s', 10):g} s, the "
+        f"last {late_n:,} members join from a process of their own, {rate:g} a second "
+        "asked. A member has joined when its `presence_state` arrived. For "
         "those late joins: the payload bytes of the joiner's `presence_state`, the bytes "
         "every existing member received per join (`presence_diff`s with the full list; "
-        "`presence_count`s, at most one per `PRESENCE_COUNT_INTERVAL` of 2 s, in a "
-        "count-only room), counted from the first late connect until every observer (the "
+        "`presence_count`s, at most one per `PRESENCE_COUNT_INTERVAL` of 2 s, spaced out "
+        "further while the process lags, in a count-only room), counted from the first "
+        "late connect until every observer (the "
         "first member of each client process) has been told of the last join, and the "
         "server's CPU (user + system from /proc/<pid>/stat) over the same window, less the "
         "idle rate. *count-only* is `PRESENCE_FULL_LIST_MAX` at its default, 200; *full "
@@ -200,6 +202,8 @@ def render(data) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        if "late" not in r and r["ramp"]["done"]:
+            continue  # a run for the typing only
         if "late" not in r:
             lines.append(f"| {label(r)} | ramp stopped at "
                          f"{r['ramp']['joined']:,} of {r['ramp']['planned']:,} "
@@ -212,7 +216,8 @@ def render(data) -> str:
         late = r["late"]
         lines.append(
             f"| {label(r)} | {r['ramp']['joined']:,} | "
-            f"{late['joined']:,} at {r['rate']:g}/s | "
+            f"{late['joined']:,}, {r['rate']:g}/s asked, "
+            f"{late['joined'] / max(1e-9, late['seconds']):.1f}/s done | "
             f"{bl.fmt(bl.pct(late['state_bytes'], 50))} B | "
             f"{bl.fmt(bl.pct(late['join_ms'], 50), 1)} / {bl.fmt(bl.pct(late['join_ms'], 99), 1)}"
             f" ms | {per_member(r)} | {late['cpu_ms_per_join']:.1f} ms "

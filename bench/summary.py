@@ -199,7 +199,7 @@ def rows():
                         f"{late['cpu_ms_per_join']:.1f} ms / "
                         f"{bl.fmt(bl.pct(late['state_bytes'], 50))} B / {to_each:,.1f} B",
                         "–", "reported"))
-        else:
+        elif not r["ramp"]["done"]:
             out.append((f"ramp into a room of {r['size']:,}, {what}",
                         f"{r['ramp']['joined']:,} of {r['ramp']['planned']:,} joined in "
                         f"{r['ramp']['seconds']:.0f} s (budget)", "–", "reported"))
