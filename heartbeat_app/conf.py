@@ -92,6 +92,10 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_COUNT_INTERVAL": 2.0,
     # Members a room may hold; a join beyond gets the error room_full. None: no cap.
     "PRESENCE_MAX_MEMBERS": None,
+    # Tabs (sessions) one member may have in one room, over every process; a join beyond
+    # gets the error too_many_tabs. A reload of a tab replaces its meta and never counts.
+    # None: no cap.
+    "PRESENCE_MAX_TABS_PER_MEMBER": 10,
     # Broadcasts (typing, cursors) per second per sender and event; latest wins.
     "PRESENCE_SIGNAL_RATE": 10.0,
     # Who may read the metrics view: addresses or networks (CIDR); staff users too if True.

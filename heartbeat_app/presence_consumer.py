@@ -17,17 +17,23 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from . import presence_messages, protocol
+from . import conf, limits, presence_messages, protocol
 from .lane import SignalLane
 from .protocol import CloseCode, CloseReason, LeaveReason
 from .runtime import get_runtime
 from .state import SessionState
+from .stores import StoreUnavailable
 from .tracker import Tracker, get_tracker
 
 logger = logging.getLogger(__name__)
 
 # Presence requests of one session waiting for its worker; more are dropped.
 PRESENCE_INBOX = 32
+# Joins refused by what the store holds, and what the client is told.
+JOIN_REFUSALS = {
+    presence_messages.ERR_ROOM_FULL: "The room is full.",
+    limits.ERR_TOO_MANY_TABS: "This member has too many tabs in the room already.",
+}
 
 
 class PresenceMixin:
@@ -97,14 +103,20 @@ class PresenceMixin:
         if layer is None:
             logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
             return True
-        session.rooms = list(rooms)
         self._presence_link(session, send, layer)
+        crowded = await self._presence_crowded(session, rooms)
+        if session.closed:
+            return False  # gone while the store was read: nothing to join
+        rooms = [room for room in rooms if room not in crowded]
+        session.rooms = list(rooms)
         refused = await self._presence_tracker.join(
             session, rooms, self.get_presence_meta(), layer=layer, send=send,
-            fetch=self._presence_fetcher())
-        for room in refused:
-            await send(presence_messages.refusal(
-                presence_messages.ERR_ROOM_FULL, room, "The room is full."))
+            fetch=self._presence_fetcher()) if rooms else []
+        # As a refused join frame: the connection stays open, in the rooms it could join.
+        for code, lost in ((limits.ERR_TOO_MANY_TABS, crowded),
+                           (presence_messages.ERR_ROOM_FULL, refused)):
+            for room in lost:
+                await send(presence_messages.refusal(code, room, JOIN_REFUSALS[code]))
         token = getattr(self, "heartbeat_anonymous_token", None)
         if token:
             # After the state: clients that read hello then presence_state are unchanged.
@@ -170,13 +182,25 @@ class PresenceMixin:
     # Presence driven while connected -----------------------------------------------------
 
     async def presence_join(self, room: str) -> bool:
-        """Join ``room`` now; False if refused (a bad name, can_join_presence, room_full)."""
+        """Join ``room`` now; False if refused (a bad name, can_join_presence, room_full,
+        too_many_tabs)."""
         if not protocol.valid_room_name(room) or not await self._presence_allowed(room):
             return False
         return await self._presence_enter(room) is True
 
-    async def _presence_enter(self, room: str) -> bool | None:
-        """Join an allowed room: True, False when full, None when the session cannot."""
+    async def _presence_crowded(self, session: SessionState, rooms: list[str]) -> list[str]:
+        """The rooms where the session's member has PRESENCE_MAX_TABS_PER_MEMBER tabs already."""
+        tracker = self._presence_tracker
+        try:
+            return await limits.rooms_over_tab_cap(
+                rooms, session.user_key, session.tab, session.id, store=tracker.store,
+                call=tracker.calls.call, cap=conf.get("PRESENCE_MAX_TABS_PER_MEMBER"))
+        except StoreUnavailable:
+            return []  # not refused: the join waits for the store, as every join does
+
+    async def _presence_enter(self, room: str) -> bool | str | None:
+        """Join an allowed room: True, the refusal's code (JOIN_REFUSALS), or None when the
+        session cannot."""
         session = self._presence_session or getattr(self, "heartbeat_session", None)
         send = self._presence_send or getattr(self, "_heartbeat_send", None)
         layer = getattr(self, "channel_layer", None)
@@ -185,11 +209,13 @@ class PresenceMixin:
         if self._presence_tracker is None:
             self._presence_link(session, send, layer)
         was_in = room in session.rooms
+        if not was_in and await self._presence_crowded(session, [room]):
+            return limits.ERR_TOO_MANY_TABS
         refused = await self._presence_tracker.join(
             session, [room], self.get_presence_meta(), layer=layer, send=send,
             fetch=self._presence_fetcher())
         if room in refused:
-            return False
+            return presence_messages.ERR_ROOM_FULL
         if not was_in:
             await _maybe_await(self.presence_joined(room))
         return True
@@ -273,9 +299,8 @@ class PresenceMixin:
         if kind == presence_messages.JOIN:
             if not in_room and not await self._presence_allowed(room):
                 await send(protocol.room_forbidden(room))  # and nothing about the room
-            elif await self._presence_enter(room) is False:
-                await send(presence_messages.refusal(presence_messages.ERR_ROOM_FULL, room,
-                                                     "The room is full."))
+            elif (code := await self._presence_enter(room)) in JOIN_REFUSALS:
+                await send(presence_messages.refusal(code, room, JOIN_REFUSALS[code]))
             return
         if not in_room:
             await send(presence_messages.refusal(presence_messages.ERR_NOT_IN_ROOM, room,

@@ -5,6 +5,8 @@
 - A room the demo's policy refuses (``private-…`` for an anonymous visitor) gets the
   refused client hello, ``room_forbidden`` and a 4401 close, and its members see
   nothing at all of it.
+- A member with PRESENCE_MAX_TABS_PER_MEMBER tabs in a room, spread over both processes,
+  gets ``too_many_tabs`` for one more, stays connected, and joins once a tab has left.
 """
 
 import asyncio
@@ -18,6 +20,8 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from heartbeat_app import conf
+from heartbeat_app.options import anonymous_token
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USER
 from tests.servers import ServerProcess, scaled
 from tests.test_e2e_admin import AdminBrowser
@@ -147,3 +151,40 @@ async def test_a_refused_room_sends_nothing_about_it_and_shows_nothing_to_it(two
     print(f"\n[security] refused client: {[f['type'] for f in frames]}, close "
           f"{nosy.close_code}; the room saw no frame in {time.monotonic() - started:.1f} s")
     await close_all(member)
+
+
+async def test_one_tab_too_many_is_refused_over_both_processes_and_stays_connected(two_servers):
+    a, b = two_servers
+    cap = conf.DEFAULTS["PRESENCE_MAX_TABS_PER_MEMBER"]
+    watcher = await Recording(a, "watcher").open()
+    token = quote(anonymous_token("many"))  # one member, as a client keeps its token
+
+    def tab_of_many(server, tab):
+        view = Recording(server, tab)
+        view.url = view.url.removesuffix("&anon=") + f"&anon={token}"
+        return view
+
+    tabs = [await tab_of_many((a, b)[i % 2], f"many-{i}").open() for i in range(cap)]
+    assert await until(lambda: len(watcher.members().get("anon:many", [])) == cap, scaled(10))
+    seen = len(watcher.frames)
+    extra = await tab_of_many(b, "many-extra").open()
+    assert await until(lambda: any(f["type"] == "error" for f in extra.frames), scaled(5))
+    await asyncio.sleep(QUIET)
+    error = next(f for f in extra.frames if f["type"] == "error")
+    assert (error["code"], error["room"]) == ("too_many_tabs", "lobby")
+    assert [f["type"] for f in extra.frames if f["type"] != "pong"] == [
+        "hello", "error", "identity"]
+    assert extra.closed is None, "the connection stays open"
+    assert [f for f in watcher.frames[seen:] if f["type"] == "presence_diff"] == []
+    assert len(watcher.members()["anon:many"]) == cap
+    # A join frame is refused alike, and goes through once one of the tabs has left.
+    await extra.ws.send(json.dumps({"type": "join", "room": "lobby"}))
+    assert await until(lambda: sum(f["type"] == "error" for f in extra.frames) == 2, scaled(5))
+    await tabs[0].ws.close(code=1000)
+    assert await until(lambda: len(watcher.members()["anon:many"]) == cap - 1, scaled(5))
+    await extra.ws.send(json.dumps({"type": "join", "room": "lobby"}))
+    assert await until(lambda: extra.state_count == 1, scaled(5))
+    assert await until(lambda: len(watcher.members()["anon:many"]) == cap, scaled(5))
+    print(f"\n[security] tab {cap + 1} of one member refused with too_many_tabs over two "
+          f"processes; joined once a tab had left")
+    await close_all(watcher, extra, *tabs[1:])

@@ -278,3 +278,73 @@ async def test_the_join_and_leave_hooks_run_after_a_move_while_connected():
     await next_of(c, "error")
     assert events == [("joined", "b"), ("left", "b", "left")]
     await c.disconnect()
+
+
+async def tab(pk, name, rooms=("lobby",)):
+    """A tab ``name`` of user ``pk``, connected; its hello read, nothing else."""
+    communicator = WebsocketCommunicator(Live.as_asgi(), f"/ws/?tab={name}")
+    communicator.scope.update(rooms=list(rooms), user=user(pk))
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    return communicator
+
+
+async def test_a_member_over_its_tab_cap_is_refused_too_many_tabs_and_stays_connected(settings):
+    settings.PRESENCE_MAX_TABS_PER_MEMBER = 2
+    first, second = await tab(1, "a"), await tab(1, "b")
+    for c in (first, second):
+        assert (await c.receive_json_from())["type"] == "presence_state"
+    # A third tab at connect: the error, nothing of the room, and the connection stays.
+    third = await tab(1, "c", rooms=["lobby", "hall"])
+    state = await third.receive_json_from()
+    assert (state["type"], state["room"]) == ("presence_state", "hall")  # under the cap there
+    error = await third.receive_json_from()
+    assert error == {"type": "error", "code": "too_many_tabs", "room": "lobby",
+                     "detail": "This member has too many tabs in the room already."}
+    later = []
+    while not await third.receive_nothing(timeout=6 * TICK):
+        later.append(await third.receive_json_from())
+    assert [f for f in later if f.get("room") == "lobby"] == [], "nothing of the lobby"
+    assert len((await presence.amembers("lobby"))["1"]["metas"]) == 2
+    # The join frame gets the same refusal; another member is not concerned.
+    await third.send_json_to({"type": "join", "room": "lobby"})
+    error = await next_of(third, "error")
+    assert (error["code"], error["room"]) == ("too_many_tabs", "lobby")
+    other = await tab(2, "a")
+    assert (await other.receive_json_from())["type"] == "presence_state"
+    # Once a tab leaves, the same join goes through.
+    await first.disconnect(code=1000)
+    for _ in range(100):
+        if len((await presence.amembers("lobby"))["1"]["metas"]) == 1:
+            break
+        await third.receive_nothing(timeout=TICK)
+    await third.send_json_to({"type": "join", "room": "lobby"})
+    state = await next_of(third, "presence_state", room="lobby")
+    assert len(state["members"]["1"]["metas"]) == 2
+    for c in (second, third, other):
+        await c.disconnect()
+
+
+async def test_a_reload_of_a_tab_is_never_refused_by_the_tab_cap(settings):
+    """The same member and tab id replaces its meta: at the cap, a reload still joins."""
+    settings.PRESENCE_MAX_TABS_PER_MEMBER = 1
+    old = await tab(1, "a")
+    await old.receive_json_from()
+    new = await tab(1, "a")
+    state = await new.receive_json_from()
+    assert state["type"] == "presence_state"
+    members = await presence.amembers("lobby")
+    assert len(members["1"]["metas"]) == 1  # replaced, not added
+    assert await presence.acount("lobby") == 1
+    for c in (old, new):
+        await c.disconnect()
+
+
+async def test_no_tab_cap_reads_nothing_more_from_the_store(settings):
+    settings.PRESENCE_MAX_TABS_PER_MEMBER = None
+    tabs = [await tab(1, f"t{i}") for i in range(12)]  # more than the default cap
+    for c in tabs:
+        assert (await c.receive_json_from())["type"] == "presence_state"
+    assert len((await presence.amembers("lobby"))["1"]["metas"]) == 12
+    for c in tabs:
+        await c.disconnect()

@@ -50,6 +50,9 @@ _COUNTS = {
     "PRESENCE_MAX_MEMBERS": (
         dict(allow_none=True), "E051", "a positive integer or None",
         "Leave it None for rooms of any size."),
+    "PRESENCE_MAX_TABS_PER_MEMBER": (
+        dict(allow_none=True), "E054", "a positive integer or None",
+        "Use the default 10; None lets one member open any number of tabs in a room."),
     "PRESENCE_REDIS_MAX_CONNECTIONS": (
         dict(allow_none=False), "E053", "a positive integer",
         "Use the default 50: callers wait for a free connection, they never fail."),
