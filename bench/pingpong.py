@@ -7,6 +7,11 @@ pong, and the Django peers' design (an ORM write per heartbeat, bench/benchproj)
 on uvicorn. A pure ``websockets`` server is the ceiling.
 
     .venv/bin/python -m bench.pingpong [--reps 2] [--duration 3] [--ns 1,10,100]
+
+``--metrics-paired``: the mixin on two Daphne processes, HEARTBEAT_METRICS on and off,
+paired repeats (bench/pingpong_metrics.py; by default --reps 8 --ns 10,100):
+
+    .venv/bin/python -m bench.pingpong --metrics-paired
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import subprocess
 import sys
 import time
 
@@ -25,6 +31,9 @@ VARIANTS = {  # label -> path on the Django servers
     "mixin": "/ws/rooms/{room}/",
     "peerdb": "/ws/peerdb/",
 }
+# Environment of the Django servers (bench/benchlib.py turns HEARTBEAT_RATE_LIMIT off): a
+# closed loop sends far more than the 50 frames a second HEARTBEAT_MESSAGE_RATE allows.
+DJANGO_ENV = {"REDIS_URL": bl.REDIS_URL, "HEARTBEAT_MESSAGE_RATE": "off"}
 LABELS = {"bare": "bare AsyncWebsocketConsumer", "mixin": "HeartbeatMixin + Redis presence",
           "peerdb": "DB write per heartbeat (peers' design)", "wslib": "pure websockets"}
 
@@ -110,7 +119,7 @@ def run(args):
             ("wslib", ["wslib"])]
     try:
         for kind, variants in plan:
-            env = {"REDIS_URL": bl.REDIS_URL} if kind != "wslib" else {}
+            env = DJANGO_ENV if kind != "wslib" else {}
             with bl.Server(work, kind, env, name=kind) as server:
                 # Warm the server up once (imports, first connections) before measuring.
                 measure(server, "/" if kind == "wslib" else "/ws/bare/", 10, 0.5, 0.5)
@@ -131,7 +140,8 @@ def run(args):
     finally:
         bl.redis_cleanup()
     summary = summarize(rows, ns)
-    data = {"machine": facts, "args": vars(args), "rows": rows, "summary": summary}
+    data = {"machine": facts, "commit": args.commit, "args": vars(args), "rows": rows,
+            "summary": summary}
     bl.save_results("pingpong", data)
     plot(summary, ns)
     bl.update_doc("pingpong", render(data, ns))
@@ -204,7 +214,7 @@ def render(data, ns):
     s, m, a = data["summary"], data["machine"], data["args"]
     lines = [
         "## Ping/pong: throughput, latency, CPU per round trip", "",
-        bl.machine_line(m), "",
+        (f"Commit `{data['commit']}`. " if data.get("commit") else "") + bl.machine_line(m), "",
         f"Command: `.venv/bin/python -m bench.pingpong --reps {a['reps']} --duration "
         f"{a['duration']} --ns {a['ns']}` "
         f"(results: `bench/results/pingpong.json`).", "",
@@ -214,7 +224,8 @@ def render(data, ns):
         f"variants; the table shows medians. The server is pinned to CPU 0. Django servers run "
         f"`bench/benchproj` (the demo's settings and routes plus two comparison consumers) "
         f"with `REDIS_URL` set, so channels_redis and Redis presence are on, and "
-        f"`HEARTBEAT_RATE_LIMIT=off` (a closed loop would trip the flood limit). The mixin "
+        f"`HEARTBEAT_RATE_LIMIT=off`, `HEARTBEAT_MESSAGE_RATE=off` (a closed loop would trip "
+        f"the flood limits). The mixin "
         f"runs the demo's `RoomConsumer` at `/ws/rooms/<room>/` with every client in one "
         f"room, session rows and checkpoints included. The DB-write variant is the Django "
         f"peers' design written plainly for this benchmark (`PeerDbConsumer`: an ORM "
@@ -279,11 +290,25 @@ def main():
         bl.update_doc("pingpong", render(data, ns))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=None, help="2; 8 with --metrics-paired")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--ns", default="1,10,100")
-    run(parser.parse_args())
+    parser.add_argument("--ns", default=None, help="1,10,100; 10,100 with --metrics-paired")
+    parser.add_argument("--metrics-paired", action="store_true",
+                        help="HEARTBEAT_METRICS on against off, paired (issue 14)")
+    parser.add_argument("--commit", default=subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
+        text=True).stdout.strip())
+    args = parser.parse_args()
+    paired = args.metrics_paired
+    args.reps = args.reps if args.reps is not None else 8 if paired else 2
+    args.ns = args.ns or ("10,100" if paired else "1,10,100")
+    if paired:
+        from bench import pingpong_metrics
+
+        pingpong_metrics.run_metrics_paired(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

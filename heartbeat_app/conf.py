@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_MAX_TABS_PER_MEMBER": 10,
     # Broadcasts (typing, cursors) per second per sender and event; latest wins.
     "PRESENCE_SIGNAL_RATE": 10.0,
+    # Count sessions, pings, probes, store calls... for the metrics view; False: the
+    # runtimes count nothing (read when the runtime of an event loop is made).
+    "HEARTBEAT_METRICS": True,
     # Who may read the metrics view: addresses or networks (CIDR); staff users too if True.
     "HEARTBEAT_METRICS_ALLOWED_IPS": [],
     "HEARTBEAT_METRICS_ALLOW_STAFF": False,

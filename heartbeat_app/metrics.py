@@ -4,17 +4,28 @@ No dependency: a registry holds plain numbers that a Prometheus exporter (or a
 test, or a management command) reads with ``snapshot()``. Labels are bounded by
 construction: only a close reason, a store operation or a refusal cause, never
 a room, a user or a session.
+
+With ``HEARTBEAT_METRICS = False`` a runtime's metrics are null objects, bound when
+the runtime is made: every ``inc()`` and ``observe()`` returns at once, nothing is
+declared in the registry, and the snapshot is empty.
 """
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
+
+from . import conf
 
 # Upper bounds (seconds) of the histograms' buckets: round trips, tick lateness, store calls.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
+
+
+def is_enabled() -> bool:
+    """Whether runtimes made from now on count (HEARTBEAT_METRICS)."""
+    return bool(conf.get("HEARTBEAT_METRICS"))
 
 
 class Metric:
@@ -25,12 +36,19 @@ class Metric:
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
         self.name = name
         self.help = help
-        self.labels = labels
+        self.labels = tuple(labels)
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.labels):
-            raise ValueError(f"{self.name} takes the labels {self.labels}, not {tuple(labels)}")
-        return tuple(str(labels[name]) for name in self.labels)
+        # Called on every increment: no sets built, the one-label case without a loop.
+        names = self.labels
+        if len(labels) == len(names):
+            try:
+                if len(names) == 1:
+                    return (str(labels[names[0]]),)
+                return tuple([str(labels[name]) for name in names])
+            except KeyError:
+                pass
+        raise ValueError(f"{self.name} takes the labels {self.labels}, not {tuple(labels)}")
 
 
 class Counter(Metric):
@@ -40,14 +58,26 @@ class Counter(Metric):
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
         super().__init__(name, help, labels)
-        self.values: dict[tuple[str, ...], float] = {}
+        self._total = 0.0  # the count of an unlabelled counter: one addition per inc()
+        self._by_key: dict[tuple[str, ...], float] = {}
 
     def inc(self, amount: float = 1, **labels: str) -> None:
-        key = self._key(labels)
-        self.values[key] = self.values.get(key, 0) + amount
+        if labels or self.labels:
+            key = self._key(labels)
+            self._by_key[key] = self._by_key.get(key, 0) + amount
+        else:
+            self._total += amount
 
     def value(self, **labels: str) -> float:
-        return self.values.get(self._key(labels), 0)
+        if labels or self.labels:
+            return self._by_key.get(self._key(labels), 0)
+        return self._total
+
+    @property
+    def values(self) -> dict[tuple[str, ...], float]:
+        if self.labels:
+            return dict(self._by_key)
+        return {(): self._total} if self._total else {}
 
 
 class Gauge(Metric):
@@ -87,57 +117,103 @@ class Histogram(Metric):
                  buckets: tuple[float, ...] = SECONDS_BUCKETS):
         super().__init__(name, help, labels)
         self.buckets = tuple(buckets)
-        self.series: dict[tuple[str, ...], list] = {}  # key -> [bucket counts, count, sum, max]
+        # key -> [counts per bucket and one above the last bound, sum, max]; an
+        # unlabelled histogram's one series is made here, so observe() looks nothing up.
+        self._series: dict[tuple[str, ...], list] = {}
+        self._plain = None if self.labels else self._new_series(())
+
+    def _new_series(self, key: tuple[str, ...]) -> list:
+        series = self._series[key] = [[0] * (len(self.buckets) + 1), 0.0, 0.0]
+        return series
 
     def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = [[0] * len(self.buckets), 0, 0.0, 0.0]
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.buckets):
-            series[0][index] += 1
-        series[1] += 1
-        series[2] += value
-        series[3] = max(series[3], value)
+        series = self._plain
+        if series is None or labels:
+            key = self._key(labels)
+            series = self._series.get(key) or self._new_series(key)
+        series[0][bisect_left(self.buckets, value)] += 1
+        series[1] += value
+        if value > series[2]:
+            series[2] = value
 
     def count(self, **labels: str) -> int:
-        series = self.series.get(self._key(labels))
-        return 0 if series is None else series[1]
+        series = self._series.get(self._key(labels))
+        return 0 if series is None else sum(series[0])
 
     @property
     def values(self) -> dict[tuple[str, ...], dict[str, Any]]:
         out = {}
-        for key, (counts, count, total, top) in self.series.items():
+        for key, (counts, total, top) in list(self._series.items()):
             cumulative, running = [], 0
-            for bound, n in zip(self.buckets, counts, strict=True):
+            for bound, n in zip(self.buckets, counts[:-1], strict=True):
                 running += n
                 cumulative.append((bound, running))
-            out[key] = {"buckets": cumulative, "count": count, "sum": total, "max": top}
+            count = running + counts[-1]
+            if count:  # a series appears with its first observation
+                out[key] = {"buckets": cumulative, "count": count, "sum": total, "max": top}
         return out
 
 
-class Registry:
-    """The metrics of one runtime, by name."""
+# HEARTBEAT_METRICS = False: the same attributes, recording nothing -------------------
 
-    def __init__(self):
+
+class NullCounter(Counter):
+    """A counter that counts nothing."""
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        pass
+
+    def value(self, **labels: str) -> float:
+        return 0
+
+
+class NullGauge(Gauge):
+    """A gauge that stays at 0 and calls no function."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        pass
+
+
+class NullHistogram(Histogram):
+    """A histogram that observes nothing."""
+
+    def observe(self, value: float, **labels: str) -> None:
+        pass
+
+    def count(self, **labels: str) -> int:
+        return 0
+
+
+class Registry:
+    """The metrics of one runtime, by name; with ``enabled=False`` null ones, undeclared."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.metrics: dict[str, Metric] = {}
 
     def _add(self, metric: Metric) -> Any:
         if metric.name in self.metrics:
             raise ValueError(f"metric {metric.name} is already declared")
-        self.metrics[metric.name] = metric
+        if self.enabled:
+            self.metrics[metric.name] = metric
         return metric
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
-        return self._add(Counter(name, help, labels))
+        return self._add((Counter if self.enabled else NullCounter)(name, help, labels))
 
     def gauge(self, name: str, help: str) -> Gauge:
-        return self._add(Gauge(name, help))
+        return self._add((Gauge if self.enabled else NullGauge)(name, help))
 
     def histogram(self, name: str, help: str, labels: tuple[str, ...] = (),
                   buckets: tuple[float, ...] = SECONDS_BUCKETS) -> Histogram:
-        return self._add(Histogram(name, help, labels, buckets))
+        kind = Histogram if self.enabled else NullHistogram
+        return self._add(kind(name, help, labels, buckets))
 
     def __getitem__(self, name: str) -> Metric:
         return self.metrics[name]
@@ -150,10 +226,14 @@ class Registry:
 
 
 class Metrics:
-    """The package's metrics, declared once per runtime, as attributes."""
+    """The package's metrics, declared once per runtime, as attributes.
 
-    def __init__(self):
-        r = self.registry = Registry()
+    ``enabled`` None reads HEARTBEAT_METRICS; False binds null metrics that record nothing.
+    """
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = is_enabled() if enabled is None else bool(enabled)
+        r = self.registry = Registry(self.enabled)
         self.sessions = r.gauge("heartbeat_sessions", "Sessions open in this process.")
         self.opened = r.counter("heartbeat_sessions_opened_total", "Sessions opened.")
         self.closed = r.counter("heartbeat_sessions_closed_total",

@@ -13,6 +13,10 @@ values), so each worker mirrors its snapshot into prometheus_client's own metric
 objects, which write to per-process files in that directory, and a scrape merges
 every worker's files with ``MultiProcessCollector``. The mirror runs once a second
 on each worker's event loop, from its first session or its first scrape.
+
+``HEARTBEAT_METRICS = False``: the runtimes count nothing, no mirror runs, and a scrape
+has no heartbeat_* series (not zeros, which would read as a quiet server); the text
+format says why in a comment.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from prometheus_client.utils import floatToGoString
 
 from . import runtime
-from .metrics import Histogram, Metrics
+from .metrics import Histogram, Metrics, is_enabled
 from .protocol import CloseReason
 from .runtime import Service
 
@@ -61,10 +65,15 @@ KNOWN_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
 # How a gauge of several workers adds up: the workers alive now, summed.
 GAUGE_MODE = "livesum"
 
+# First line of a scrape in the text format when HEARTBEAT_METRICS is False (OpenMetrics
+# allows no free comment: there the heartbeat_* families are just absent).
+OFF_NOTE = (b"# heartbeat_app metrics are off (HEARTBEAT_METRICS = False): this process "
+            b"counts nothing and exports no heartbeat_* series.\n")
+
 
 def declared() -> dict[str, Any]:
     """Every metric the package declares (names, kinds, labels, buckets), without values."""
-    return Metrics().registry.metrics
+    return Metrics(enabled=True).registry.metrics
 
 
 def multiprocess_dir() -> str | None:
@@ -121,6 +130,8 @@ class HeartbeatCollector(Collector):
     """Yields the metrics of every runtime of this process at each scrape."""
 
     def collect(self) -> Iterator[Metric]:
+        if not is_enabled():
+            return iter(())
         return families(runtime.snapshot())
 
     def describe(self) -> Iterator[Metric]:
@@ -267,8 +278,8 @@ class MirrorService(Service):
 
 
 def ensure_mirroring() -> None:
-    """Start the mirror on the running loop's runtime (multiprocess mode only)."""
-    if multiprocess_dir() is None:
+    """Start the mirror on the running loop's runtime (multiprocess mode, metrics on)."""
+    if multiprocess_dir() is None or not is_enabled():
         return
     try:
         asyncio.get_running_loop()
@@ -283,7 +294,7 @@ async def _on_session_opened(sender, **kwargs) -> None:
 
 def install() -> bool:
     """In multiprocess mode, start each worker's mirror with its first session."""
-    if multiprocess_dir() is None:
+    if multiprocess_dir() is None or not is_enabled():
         return False
     from .signals import session_opened
 
@@ -327,13 +338,16 @@ def forget_dead_workers(path: str) -> list[int]:
 def exposition(accept: str = "") -> tuple[bytes, str]:
     """The scrape's body and content type, in the format ``accept`` asks for."""
     encoder, content_type = choose_encoder(accept)
+    on = is_enabled()
+    note = OFF_NOTE if not on and content_type.startswith("text/plain") else b""
     path = multiprocess_dir()
     if path is None:
         register()
-        return encoder(REGISTRY), content_type
-    ensure_mirroring()
-    get_mirror().sync()  # this worker's values as of now, not a second ago
+        return note + encoder(REGISTRY), content_type
+    if on:
+        ensure_mirroring()
+        get_mirror().sync()  # this worker's values as of now, not a second ago
     forget_dead_workers(path)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path)
-    return encoder(registry), content_type
+    return note + encoder(registry), content_type

@@ -1,9 +1,11 @@
 """The Prometheus exporter and the metrics views: values, types, label sets, access, modes."""
 
+import asyncio
 import subprocess
 import weakref
 
 import pytest
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.test import AsyncRequestFactory, override_settings
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,8 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from heartbeat_app import prometheus, views
 from heartbeat_app import runtime as runtime_module
 from heartbeat_app.checks import check_metrics
-from heartbeat_app.metrics import SECONDS_BUCKETS, Metrics
+from heartbeat_app.consumers import HeartbeatMixin
+from heartbeat_app.metrics import SECONDS_BUCKETS, Metrics, NullCounter, NullHistogram
 from heartbeat_app.protocol import CloseReason
+from heartbeat_app.testing import HeartbeatCommunicator, plugin
+
+# The kit's clock (the plugin's entry point loads it once the package is installed).
+heartbeat_clock = plugin.heartbeat_clock
 
 # Every label a series may carry: bounded sets only, never a room, a user or a session.
 BOUNDED_LABELS = {"reason", "op", "why", "le"}
@@ -401,6 +408,22 @@ def test_w020_says_metrics_are_off_without_prometheus_client(monkeypatch, one_pr
     assert "Metrics are off" in message.msg and "[metrics]" in message.hint
 
 
+def test_w020_is_quiet_when_metrics_are_turned_off(monkeypatch, one_process):
+    """Nobody needs prometheus_client for metrics they turned off."""
+    monkeypatch.setattr("heartbeat_app.checks.importlib.util.find_spec", lambda name, *a: None)
+    with override_settings(HEARTBEAT_METRICS=False):
+        assert check_metrics() == []
+    assert ids(check_metrics()) == {"heartbeat_app.W020"}
+
+
+@pytest.mark.parametrize("value", ["no", 0, 1, None, "False"])
+def test_e021_refuses_a_heartbeat_metrics_that_is_not_a_boolean(value, one_process):
+    with override_settings(HEARTBEAT_METRICS=value):
+        (message,) = check_metrics()
+    assert message.id == "heartbeat_app.E021"
+    assert "HEARTBEAT_METRICS" in message.msg and repr(value) in message.msg and message.hint
+
+
 @pytest.mark.parametrize("allowed, staff", [
     ("127.0.0.1", False), (["localhost"], False), (["10.0.0.0/33"], False),
     (None, False), (["127.0.0.1"], "yes"),
@@ -438,5 +461,154 @@ def test_the_metrics_checks_are_documented():
     from tests.servers import ROOT
 
     text = (ROOT / "docs" / "settings.md").read_text()
-    for check_id in ("W020", "E020", "W021"):
+    for check_id in ("W020", "E020", "E021", "W021"):
         assert f"| `heartbeat_app.{check_id}` |" in text
+
+
+# HEARTBEAT_METRICS: counting on and off -----------------------------------------------
+
+
+class PingConsumer(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    """A heartbeat consumer with short timers, for counting pings, probes and round trips."""
+
+    heartbeat_interval = 2.0
+    heartbeat_timeout = 1.0
+
+
+async def ping_probe_and_close(clock) -> tuple[object, object]:
+    """Three pings, one probe answered after 250 ms, a close; the session and its runtime."""
+    communicator = HeartbeatCommunicator(PingConsumer.as_asgi(), "/ws/count/", tab="tab-1")
+    connected, _ = await communicator.connect()
+    assert connected
+    session = communicator.heartbeat_session
+    for ident in range(3):
+        await communicator.send_json_to({"type": "ping", "id": ident})
+        pong = await communicator.receive_json_from()
+        assert (pong["type"], pong["id"]) == ("pong", ident)
+    await communicator.go_silent()
+    await clock.advance(2.0)
+    probe = await communicator.receive_json_from()
+    await clock.advance(0.25)
+    await communicator.resume()
+    await communicator.send_json_to({"type": "pong", "id": probe["id"]})
+    await communicator.go_silent()
+    await asyncio.sleep(0.01)
+    assert session.rtt == pytest.approx(0.25)  # the session's own RTT does not depend on metrics
+    await communicator.disconnect()
+    return session, runtime_module.get_runtime()
+
+
+async def test_with_metrics_on_pings_probes_rtt_and_sessions_are_counted(
+        own_runtimes, heartbeat_clock, one_process):
+    _, rt = await ping_probe_and_close(heartbeat_clock)
+    m = rt.metrics
+    assert m.enabled is True
+    assert m.pings.value() == 3
+    assert m.probes.value() == 1 and m.ticks.value() >= 1
+    assert m.rtt.count() == 1 and m.rtt.values[()]["sum"] == pytest.approx(0.25)
+    assert m.opened.value() == 1 and m.sessions.value() == 0
+    assert m.closed.value(reason=str(CloseReason.CLOSED)) == 1
+    exposed = parse(prometheus.exposition()[0])
+    assert sample(exposed["heartbeat_pings_total"], "_total") == 3
+    assert sample(exposed["heartbeat_rtt_seconds"], "_count") == 1
+
+
+@override_settings(HEARTBEAT_METRICS=False)
+async def test_with_metrics_off_pings_are_answered_and_nothing_is_counted(
+        own_runtimes, heartbeat_clock, one_process):
+    session, rt = await ping_probe_and_close(heartbeat_clock)
+    m = rt.metrics
+    assert m.enabled is False
+    assert isinstance(m.pings, NullCounter) and isinstance(m.rtt, NullHistogram)
+    assert m.pings.value() == m.probes.value() == m.opened.value() == 0
+    assert m.rtt.count() == 0 and m.sessions.value() == 0
+    assert m.registry.metrics == {} and runtime_module.snapshot() == {}
+    assert session.closed and session.close_reason == CloseReason.CLOSED
+
+
+@override_settings(HEARTBEAT_METRICS=False)
+async def test_with_metrics_off_a_scrape_says_so_and_has_no_heartbeat_series(
+        own_runtimes, make_runtime, one_process):
+    rt = make_runtime()
+    rt.metrics.pings.inc(40)
+    rt.metrics.closed.inc(reason="timeout")
+    rt.metrics.rooms.set_function(lambda: 4)
+    body, content_type = prometheus.exposition()
+    assert content_type.startswith("text/plain")
+    assert body.startswith(prometheus.OFF_NOTE)
+    assert b"HEARTBEAT_METRICS = False" in body
+    assert not [name for name in parse(body) if name.startswith("heartbeat_")]
+    body, _ = prometheus.exposition("application/openmetrics-text; version=1.0.0")
+    assert b"heartbeat_" not in body and body.rstrip().endswith(b"# EOF")
+
+
+@override_settings(HEARTBEAT_METRICS=False, HEARTBEAT_METRICS_ALLOWED_IPS=["127.0.0.1"])
+async def test_with_metrics_off_the_view_still_answers(own_runtimes, make_runtime, one_process):
+    make_runtime()
+    response = await views.metrics(get("127.0.0.1"))
+    assert response.status_code == 200
+    assert b"metrics are off" in response.content
+
+
+@override_settings(HEARTBEAT_METRICS=False)
+async def test_with_metrics_off_no_worker_mirrors_into_the_multiprocess_files(
+        multiproc, own_runtimes, make_runtime):
+    path, _ = multiproc
+    rt = make_runtime()
+    assert prometheus.install() is False
+    prometheus.ensure_mirroring()
+    assert rt.existing(prometheus.MirrorService) is None
+    body, _ = prometheus.exposition()
+    assert body.startswith(prometheus.OFF_NOTE)
+    assert list(path.iterdir()) == []
+
+
+def test_the_setting_is_read_when_metrics_are_made():
+    """A runtime keeps the metrics it was made with; an explicit argument wins."""
+    with override_settings(HEARTBEAT_METRICS=False):
+        off, forced = Metrics(), Metrics(enabled=True)
+    assert (off.enabled, forced.enabled, Metrics().enabled) == (False, True, True)
+    off.pings.inc()
+    forced.pings.inc()
+    assert off.pings.value() == 0 and forced.pings.value() == 1
+    assert set(prometheus.declared()) == set(Metrics().registry.metrics)
+
+
+def test_null_metrics_take_every_call_the_real_ones_take():
+    off = Metrics(enabled=False)
+    for name, metric in Metrics(enabled=True).registry.metrics.items():
+        null = next(m for m in vars(off).values() if getattr(m, "name", None) == name)
+        assert (null.kind, null.labels) == (metric.kind, metric.labels)
+    off.closed.inc(2, reason="timeout")
+    off.store_seconds.observe(0.1, op="join")
+    off.sessions.inc()
+    off.sessions.dec(3)
+    assert off.registry.snapshot() == {}
+
+
+def test_the_fast_paths_still_refuse_wrong_labels():
+    m = Metrics(enabled=True)
+    for call in (lambda: m.pings.inc(reason="timeout"), lambda: m.closed.inc(),
+                 lambda: m.closed.inc(why="rate"), lambda: m.rtt.observe(0.1, op="join"),
+                 lambda: m.store_seconds.observe(0.1),
+                 lambda: m.store_seconds.observe(0.1, op="join", extra="x")):
+        with pytest.raises(ValueError, match="takes the labels"):
+            call()
+    assert m.registry.snapshot()["heartbeat_pings_total"]["values"] == {}
+
+
+def test_an_unlabelled_series_appears_with_its_first_count():
+    m = Metrics(enabled=True)
+    snap = m.registry.snapshot()
+    assert snap["heartbeat_pings_total"]["values"] == {}
+    assert snap["heartbeat_rtt_seconds"]["values"] == {}
+    m.pings.inc()
+    m.pings.inc(2)
+    m.rtt.observe(0.001)  # on a bound: counted in that bucket (le)
+    m.rtt.observe(99.0)  # above the last bound: in the count only
+    snap = m.registry.snapshot()
+    assert snap["heartbeat_pings_total"]["values"] == {(): 3}
+    rtt = snap["heartbeat_rtt_seconds"]["values"][()]
+    assert rtt["buckets"][0] == (0.001, 1) and rtt["buckets"][-1] == (10.0, 1)
+    assert (rtt["count"], rtt["sum"], rtt["max"]) == (2, pytest.approx(99.001), 99.0)
+    assert m.rtt.count() == 2

@@ -14,12 +14,21 @@ from django.core.checks import Error, Tags, Warning, register
 def check_metrics(app_configs=None, **kwargs) -> list:
     """Check that metrics can be exported, and the settings of the metrics view."""
     problems = []
-    if importlib.util.find_spec("prometheus_client") is None:
+    counting = getattr(settings, "HEARTBEAT_METRICS", True)
+    if not isinstance(counting, bool):
+        problems.append(Error(
+            f"HEARTBEAT_METRICS must be True or False (refused: {counting!r}).",
+            hint="True (the default) counts sessions, pings and probes for the metrics view; "
+                 "False counts nothing.",
+            id="heartbeat_app.E021",
+        ))
+    # Metrics turned off on purpose need no exporter.
+    if counting is not False and importlib.util.find_spec("prometheus_client") is None:
         problems.append(Warning(
             "Metrics are off: prometheus_client is not installed, so the metrics view "
             "answers 503 and nothing is exported.",
-            hint="pip install django-heartbeat-app[metrics]; or add heartbeat_app.W020 to "
-                 "SILENCED_SYSTEM_CHECKS if you do not want metrics.",
+            hint="pip install django-heartbeat-app[metrics]; or set HEARTBEAT_METRICS = False "
+                 "if you do not want metrics.",
             id="heartbeat_app.W020",
         ))
 
