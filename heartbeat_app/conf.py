@@ -53,9 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_DRAIN_STOP_LISTENING": True,
     # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).
     "HEARTBEAT_DRAIN_ON_SIGTERM": True,
-    # Garbage-collector thresholds (gen0, gen1, gen2) set once per process when the first
-    # session opens, e.g. (20000, 10, 10); None leaves Python's (700, 10, 10) alone.
-    "HEARTBEAT_GC_THRESHOLD": None,
+    # The garbage collector, set once per process when its first session opens: "auto"
+    # freezes the start-up's objects and raises the thresholds for a server (collector.py);
+    # a tuple (gen0, gen1, gen2) sets exactly those; None leaves Python's collector alone.
+    "HEARTBEAT_GC_THRESHOLD": "auto",
     # Write a row per session for the admin (on open, on close, and in bulk checkpoints).
     "HEARTBEAT_RECORD_SESSIONS": True,
     # One log line per session open and close on heartbeat_app.sessions: "kv", "json" or

@@ -16,12 +16,11 @@ was actually sent and left unanswered for at least half the timeout.
 from __future__ import annotations
 
 import asyncio
-import gc
 import heapq
 import itertools
 import logging
 
-from . import conf
+from . import collector, conf
 from .runtime import Runtime, Service, get_runtime
 from .state import SessionState
 
@@ -64,6 +63,7 @@ class Scheduler(Service):
 
     def add(self, session: SessionState, phase_spread: float | None = None) -> None:
         """Start watching a session; its silence counts from now."""
+        collector.start()  # once per process, before its sessions grow the heap (issue #12)
         session.last_heard = self.now()
         if session.interval is None:
             return
@@ -78,7 +78,6 @@ class Scheduler(Service):
         session.phase = self.rng() * phase_spread
         self.sessions.add(session)
         self._push(session, session.last_heard + session.interval + session.phase)
-        _tune_gc()
         self.ensure_running()
 
     def remove(self, session: SessionState) -> None:
@@ -176,20 +175,6 @@ class Scheduler(Service):
             await coro
         except Exception:
             logger.exception("closing zombie session %s failed", session.id)
-
-_gc_tuned = {"done": False}
-
-
-def _tune_gc() -> None:
-    # Full collections stall the loop for ~100 ms at a few thousand connections
-    # (every live object is walked); fewer gen0 passes mean far fewer of them.
-    if _gc_tuned["done"]:
-        return
-    _gc_tuned["done"] = True
-    threshold = conf.get("HEARTBEAT_GC_THRESHOLD")
-    if threshold is not None:
-        gc.set_threshold(*threshold)
-        logger.info("garbage collector thresholds set to %s", tuple(threshold))
 
 
 def get_scheduler() -> Scheduler:

@@ -292,14 +292,28 @@ def test_check_command_passes_with_the_test_settings(fresh_channel_layers, capsy
     assert "heartbeat_app" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", [(20000, "10"), (1, 2, 3, 4), 700, (-1,), (True, 10)])
+@pytest.mark.parametrize("value", [(20000, "10"), (1, 2, 3, 4), 700, (-1,), (True, 10), (),
+                                   "AUTO", "on", True])
 def test_bad_gc_threshold_is_e008(value):
     assert "E008" in settings_ids(HEARTBEAT_GC_THRESHOLD=value)
 
 
-@pytest.mark.parametrize("value", [None, (20000, 10, 10), [700]])
+@pytest.mark.parametrize("value", ["auto", None, (20000, 10, 10), [700]])
 def test_good_gc_threshold_passes(value):
     assert "E008" not in settings_ids(HEARTBEAT_GC_THRESHOLD=value)
+
+
+def test_the_default_gc_threshold_is_auto_and_passes():
+    assert conf.DEFAULTS["HEARTBEAT_GC_THRESHOLD"] == "auto"
+    assert all_ids() & {"E008", "E014"} == set()
+
+
+def test_e008_names_the_three_kinds_of_value_and_the_default():
+    with override_settings(HEARTBEAT_GC_THRESHOLD="on"):
+        error = next(e for e in check_settings() if e.id == "heartbeat_app.E008")
+    assert error.msg == ('HEARTBEAT_GC_THRESHOLD must be "auto", None or a tuple of one to '
+                         "three non-negative integers, not 'on'.")
+    assert 'the default "auto"' in error.hint and "docs/deployment.md" in error.hint
 
 
 @pytest.mark.parametrize("name, value, check_id", [
@@ -424,6 +438,14 @@ def test_gc_threshold_that_collects_less_often_is_fine(value):
 
 def test_gc_threshold_of_a_bad_shape_is_e008_alone():
     assert all_ids(HEARTBEAT_GC_THRESHOLD=(1, "2")) == {"E008"}
+
+
+def test_e014_says_why_and_offers_auto_and_none():
+    with override_settings(HEARTBEAT_GC_THRESHOLD=(0, 10, 10)):
+        (error,) = [e for e in check_settings() if e.id == "heartbeat_app.E014"]
+    assert error.msg.startswith("HEARTBEAT_GC_THRESHOLD is (0, 10, 10): its first value 0 "
+                                "turns automatic collection off")
+    assert '"auto" (the default)' in error.hint and "None" in error.hint
 
 
 # Session rows

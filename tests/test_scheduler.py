@@ -582,26 +582,6 @@ async def test_an_installed_runtime_brings_its_scheduler_and_clock(clock):
     install(None)
 
 
-def test_gc_threshold_is_applied_once_per_process(settings):
-    """HEARTBEAT_GC_THRESHOLD tunes the collector when the first session starts."""
-    import gc
-
-    from heartbeat_app import scheduler as module
-
-    before = gc.get_threshold()
-    settings.HEARTBEAT_GC_THRESHOLD = (12345, 11, 12)
-    module._gc_tuned["done"] = False
-    try:
-        module._tune_gc()
-        assert gc.get_threshold() == (12345, 11, 12)
-        settings.HEARTBEAT_GC_THRESHOLD = (999, 9, 9)
-        module._tune_gc()  # once per process only
-        assert gc.get_threshold() == (12345, 11, 12)
-    finally:
-        gc.set_threshold(*before)
-        module._gc_tuned["done"] = False
-
-
 async def test_the_probes_of_a_tick_go_out_spread_over_it_not_in_one_burst(settings):
     """The background task steps ten times a tick, so probes leave by their phases."""
     settings.HEARTBEAT_TICK = 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.checks import Error, Tags, Warning, register
 
-from .. import conf
+from .. import collector, conf
 from .values import is_count, is_seconds
 
 # Below this a heartbeat costs real CPU per connection for no gain in production.
@@ -92,18 +92,20 @@ def check_settings(app_configs=None, **kwargs) -> list:
         ))
 
     gc_threshold = conf.get("HEARTBEAT_GC_THRESHOLD")
-    if gc_threshold is not None and not (
+    by_hand = gc_threshold is not None and gc_threshold != collector.AUTO
+    if by_hand and not (
         isinstance(gc_threshold, (tuple, list)) and 1 <= len(gc_threshold) <= 3
         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                 for v in gc_threshold)
     ):
         errors.append(Error(
-            f"HEARTBEAT_GC_THRESHOLD must be None or a tuple of up to three non-negative "
-            f"integers, not {gc_threshold!r}.",
-            hint="For example (20000, 10, 10); see docs/deployment.md.",
+            f'HEARTBEAT_GC_THRESHOLD must be "auto", None or a tuple of one to three '
+            f"non-negative integers, not {gc_threshold!r}.",
+            hint='Leave the default "auto", or give the thresholds you measured, for example '
+                 "(10000, 10, 10); see docs/deployment.md.",
             id="heartbeat_app.E008",
         ))
-    elif gc_threshold is not None and gc_threshold[0] < MIN_GC_THRESHOLD0:
+    elif by_hand and gc_threshold[0] < MIN_GC_THRESHOLD0:
         first = gc_threshold[0]
         why = ("its first value 0 turns automatic collection off, so reference cycles are "
                "never freed and memory grows" if first == 0 else
@@ -112,8 +114,9 @@ def check_settings(app_configs=None, **kwargs) -> list:
                "almost all the time")
         errors.append(Error(
             f"HEARTBEAT_GC_THRESHOLD is {tuple(gc_threshold)!r}: {why}.",
-            hint="The setting exists to collect less often than Python's own (700, 10, 10): "
-                 "for example (20000, 10, 10), or None to leave Python's.",
+            hint="A tuple is there to collect less often than Python's own (700, 10, 10), "
+                 'for example (10000, 10, 10); "auto" (the default) does that for a server, '
+                 "and None leaves Python's collector alone.",
             id="heartbeat_app.E014",
         ))
     errors += _check_restarts()
