@@ -344,7 +344,10 @@ class PresenceMixin:
         if session is None or session.closed or send is None:
             return
         if event["room"] in session.rooms:  # not a room it left since
-            await send(protocol.presence_diff(event["room"], event["joins"], event["leaves"]))
+            # seq and origin as the announcing process numbered them (absent from a process
+            # of an older release, during a rolling upgrade).
+            await send(protocol.presence_diff(event["room"], event["joins"], event["leaves"],
+                                              event.get("seq"), event.get("origin")))
 
 
 async def _maybe_await(value):

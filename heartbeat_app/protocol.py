@@ -350,22 +350,34 @@ def identity(key: str, token: str) -> dict[str, Any]:
 
 
 def presence_state(room: str, members: dict[str, dict] | None,
-                   count: int | None = None) -> dict[str, Any]:
+                   count: int | None = None,
+                   seqs: dict[str, int] | None = None) -> dict[str, Any]:
     """The state of a room, sent to a session when it joins.
 
     ``count`` is the number of members; a big room's state carries only the count
-    (``members`` None).
+    (``members`` None). ``seqs`` maps a diff origin to the last ``seq`` the state
+    includes (docs/protocol.md#diff-sequence-numbers).
     """
     message: dict[str, Any] = {"type": PRESENCE_STATE, "room": room}
     if members is not None:
         message["members"] = members
     message["count"] = len(members) if count is None and members is not None else count
+    if seqs is not None:
+        message["seqs"] = seqs
     return message
 
 
-def presence_diff(room: str, joins: dict[str, dict], leaves: dict[str, dict]) -> dict[str, Any]:
-    """What changed in a room since the last diff; every leaving meta has a ``reason``."""
-    return {"type": PRESENCE_DIFF, "room": room, "joins": joins, "leaves": leaves}
+def presence_diff(room: str, joins: dict[str, dict], leaves: dict[str, dict],
+                  seq: int | None = None, origin: str | None = None) -> dict[str, Any]:
+    """What changed in a room since the last diff; every leaving meta has a ``reason``.
+
+    ``seq`` numbers the diffs of one ``origin`` (a room's sequence in one server
+    process) one by one, so a client that sees a number skipped knows it missed one.
+    """
+    message = {"type": PRESENCE_DIFF, "room": room, "joins": joins, "leaves": leaves}
+    if seq is not None and origin is not None:
+        message["seq"], message["origin"] = seq, origin
+    return message
 
 
 def dumps(message: dict[str, Any]) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from . import conf, protocol
-from .announcer import Announcer, Fetch, enrich
+from . import conf
+from .announcer import Announcer, Fetch
 from .instance import instance_id, instance_info
 from .layers import group_name
 from .protocol import LeaveReason
@@ -177,7 +177,8 @@ class Tracker(Service):
                 for room in rooms:
                     key = (room, id(local.fetch))
                     if key not in states and room in local.metas:
-                        states[key] = await self._room_state(room, counts[room], local.fetch)
+                        states[key] = await self.announcer.room_state(room, counts[room],
+                                                                      local.fetch)
                     if local.fetch is not None:
                         self.announcer.fetchers.setdefault(room, local.fetch)
         except StoreUnavailable:
@@ -198,16 +199,6 @@ class Tracker(Service):
                 if room in local.metas:
                     await local.send(states[(room, id(local.fetch))])
         return refused
-
-    async def _room_state(self, room: str, count: int, fetch: Fetch | None) -> dict[str, Any]:
-        """A room's presence_state: its members, or only their count for a big room."""
-        full_max = conf.get("PRESENCE_FULL_LIST_MAX")
-        if full_max is not None and count > full_max:
-            return protocol.presence_state(room, None, count)
-        members = protocol.public_members(
-            await self._call("members", self.store.members(room)))
-        members = await enrich(fetch, room, members)
-        return protocol.presence_state(room, members)
 
     def _still_joining(self, local: _Local) -> bool:
         return local.leave_at is None and self.local.get(local.state.id) is local
@@ -330,7 +321,7 @@ class Tracker(Service):
 
     async def _send_state(self, local: _Local, room: str) -> None:
         count = await self._call("count", self.store.count(room))
-        await local.send(await self._room_state(room, count, local.fetch))
+        await local.send(await self.announcer.room_state(room, count, local.fetch))
 
     def _live(self) -> list[_Local]:
         return [local for local in self.local.values() if local.leave_at is None]

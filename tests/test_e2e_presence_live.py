@@ -115,5 +115,13 @@ async def test_join_update_broadcast_and_leave_across_two_processes(two):
     await asyncio.sleep(0.5)
     assert not [m for m in mover.messages[count:] if m.get("room") == "hall"]
     assert obs_state["count"] == 1
+    # Each process numbered its own diffs of the hall, and none went missing on the way:
+    # from the observer's state on, every origin's seq follows the one before.
+    hall = [m for m in observer.messages if m["type"] == "presence_diff" and m["room"] == "hall"]
+    last = dict(obs_state["seqs"])
+    for diff in hall:
+        assert diff["seq"] <= last.get(diff["origin"], diff["seq"] - 1) + 1, (diff, last)
+        last[diff["origin"]] = max(diff["seq"], last.get(diff["origin"], 0))
+    assert len({diff["origin"] for diff in hall}) == 2, "one sequence from A, one from B"
     await mover.ws.close()
     await observer.ws.close()

@@ -74,19 +74,22 @@ async def next_diff(communicator, timeout=2.0):
 
 async def test_newcomer_gets_state_and_the_room_gets_a_diff(clock):
     alice, alice_hello, state = await join(tab="a", user=user(1), nick="alice")
+    [origin] = state["seqs"]
     assert state == {"type": "presence_state", "room": "lobby", "count": 1, "members": {
-        "1": {"metas": [state["members"]["1"]["metas"][0]]}}}
+        "1": {"metas": [state["members"]["1"]["metas"][0]]}}, "seqs": {origin: 0}}
     meta = state["members"]["1"]["metas"][0]
     assert meta["session"] == alice_hello["session"]
     assert meta["nick"] == "alice" and meta["visible"] is True
     assert "tab" not in meta, "a tab id is never shown to other clients"
     assert "channel" not in meta and "instance" not in meta
     assert await next_diff(alice) == {"type": "presence_diff", "room": "lobby",
-                                      "joins": {"1": {"metas": [meta]}}, "leaves": {}}
+                                      "joins": {"1": {"metas": [meta]}}, "leaves": {},
+                                      "seq": 1, "origin": origin}
     bob, _, state = await join(tab="b", user=user(2))
     assert sorted(state["members"]) == ["1", "2"]
     diff = await next_diff(alice)
     assert list(diff["joins"]) == ["2"] and diff["leaves"] == {}
+    assert (diff["seq"], diff["origin"]) == (2, origin)
     await bob.disconnect(code=1000)
     diff = await next_diff(alice)
     assert list(diff["leaves"]) == ["2"]

@@ -532,6 +532,19 @@ def test_presence_messages_carry_only_what_clients_may_see():
         "type": "presence_diff", "room": "lobby", "joins": public, "leaves": {}}
 
 
+def test_diffs_carry_their_place_in_a_sequence_and_states_where_each_sequence_is():
+    """Optional fields of protocol v1: a diff's seq and origin, a state's seqs."""
+    assert protocol.presence_diff("lobby", {}, {}, 7, "q1Xz0-Ab") == {
+        "type": "presence_diff", "room": "lobby", "joins": {}, "leaves": {}, "seq": 7,
+        "origin": "q1Xz0-Ab"}
+    # Half a place is no place: a diff without its origin goes without a seq.
+    assert "seq" not in protocol.presence_diff("lobby", {}, {}, 7, None)
+    assert protocol.presence_state("lobby", {}, seqs={"q1Xz0-Ab": 6}) == {
+        "type": "presence_state", "room": "lobby", "members": {}, "count": 0,
+        "seqs": {"q1Xz0-Ab": 6}}
+    assert protocol.PROTOCOL_VERSION == 1
+
+
 def test_reasons_are_their_wire_strings():
     assert protocol.CloseReason.TRANSPORT_LOST == "transport_lost"
     assert protocol.LeaveReason.INSTANCE_LOST == "instance_lost"

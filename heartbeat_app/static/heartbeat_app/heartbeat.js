@@ -31,6 +31,7 @@
     tabKey: "heartbeat_app.tab",
     anonKey: "heartbeat_app.anon",   // sessionStorage key of the token `identity` carries; null: not kept
     signalInterval: 100,       // ms between two broadcasts of one room and event (latest wins)
+    resyncInterval: 5000,      // ms between two requests for a room's state after missed diffs
     reconnectWhileHidden: false,
     autoConnect: true,
     shouldReconnect: shouldReconnect,
@@ -289,6 +290,8 @@
       delete this._states[room];
       this._left[room] = true;
       this._dropSignals(room);
+      this._resynced(room);
+      delete this._conn.seqs[room];
       if (room in this._rooms) this._forget(room);
       if (!this._isOpen()) return false;
       this._conn.leaving[room] = true;
@@ -372,7 +375,60 @@
     /** A fresh connection: nothing joined, left or stated on it yet; held signals dropped. */
     _newConnection() {
       this._dropSignals(null);
-      this._conn = {joined: {}, stated: {}, leaving: {}, resync: {}};
+      if (this._conn) for (var room in this._conn.resync) this._resynced(room);
+      // seqs: room -> {origin: the seq of the latest diff}, per connection: diff sequences
+      // run per (room, server process), and a new connection starts from its states.
+      this._conn = {joined: {}, stated: {}, leaving: {}, resync: {}, seqs: {}};
+    }
+
+    /**
+     * Ask for `room`'s state again: joining a room one is in resends it (docs/presence.md).
+     * At most once per `resyncInterval`: a request still unanswered then (the server drops
+     * requests beyond its inbox) may go again; a gap seen sooner after an answer asks once
+     * the interval is over, so a server that keeps dropping diffs is not asked in a loop.
+     */
+    _resync(room) {
+      var conn = this._conn, r = conn.resync[room], now = this._now();
+      var every = this.options.resyncInterval;
+      if (!this._isOpen()) return;   // a new connection gets every state anyway
+      if (r && now - r.at < every) {
+        if (!r.pending && r.timer == null) {
+          r.timer = this._after(r.at + every - now, () => {
+            r.timer = null;
+            if (this._conn === conn && conn.resync[room] === r && !this._left[room]) this._resync(room);
+          });
+        }
+        return;
+      }
+      this._resynced(room);
+      conn.resync[room] = {at: now, pending: true, timer: null};
+      this._raw({type: "join", room: room});
+    }
+
+    /** A state of `room` arrived (or the room is left): no resync is waiting for one. */
+    _resynced(room) {
+      var r = this._conn.resync[room];
+      if (!r) return;
+      r.pending = false;
+      if (r.timer != null) (this.options.clearTimeout || root.clearTimeout)(r.timer);
+      r.timer = null;
+    }
+
+    /**
+     * Track a diff's place in its sequence; true if diffs are missing before it. The server
+     * numbers a room's diffs per process (`origin`) before the channel layer, which drops
+     * messages to a client over its capacity (docs/protocol.md#diff-sequence-numbers).
+     */
+    _gap(room, msg) {
+      var origin = msg.origin, seq = msg.seq;
+      if (typeof origin !== "string" || typeof seq !== "number") return false;   // an older server
+      var seqs = this._conn.seqs[room] || (this._conn.seqs[room] = {});
+      var last = seqs[origin];
+      if (last != null && seq <= last) return false;   // older than the state that came first
+      seqs[origin] = seq;
+      // An origin not seen since the room's state (another process, or a restarted one)
+      // starts here: what came before it is in the state.
+      return last != null && seq > last + 1;
     }
 
     _dropSignals(room) {
@@ -843,21 +899,23 @@
         return this._apply(msg, {}, msg.count, {});
       }
       if (msg.type === "presence_state") {
-        delete conn.resync[room];
+        this._resynced(room);
+        // Where each sequence is that the state includes; others start at their next diff.
+        var seqs = conn.seqs[room] = {};
+        if (isObject(msg.seqs)) {
+          for (key in msg.seqs) if (typeof msg.seqs[key] === "number") seqs[key] = msg.seqs[key];
+        }
         // A room the server joined on accept gets its state here; the rooms of join() got
         // theirs right behind the join.
         if (this._states[room] && !conn.stated[room] && this._isOpen()) this._sendState(room);
         if (!isObject(msg.members)) return this._apply(msg, {}, msg.count, {});
       } else if (this._countOnly[room]) {
         // A diff for a count-only room: it shrank back under the limit, and the server went
-        // back to diffs, which apply to a list this client does not have. Joining a room one
-        // is in sends its state again (docs/presence.md).
-        if (!conn.resync[room] && this._isOpen()) {
-          conn.resync[room] = true;
-          this._raw({type: "join", room: room});
-        }
-        return;
+        // back to diffs, which apply to a list this client does not have: ask for its state.
+        return this._resync(room);
       }
+      // A diff after missed ones still applies (what it says is true); the state fixes the rest.
+      var missed = msg.type === "presence_diff" && this._gap(room, msg);
       var before = this._rooms[room] || {}, next = {}, leaveMetas = {};
       if (msg.type === "presence_state") {
         var members = msg.members;
@@ -884,6 +942,7 @@
         }
       }
       this._apply(msg, next, null, leaveMetas);
+      if (missed) this._resync(room);
     }
 
     /** Install a room's new list (`count` null) or count (`next` empty), and tell listeners. */
@@ -923,6 +982,8 @@
 
     /** The room's list and count are gone (left, or refused): listeners see it empty. */
     _forget(room) {
+      this._resynced(room);
+      delete this._conn.seqs[room];
       delete this._rooms[room];
       delete this._counts[room];
       delete this._countOnly[room];
