@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -104,12 +105,26 @@ def stop_listening() -> int:
         for reader in list(reactor.getReaders()):
             if isinstance(reader, tcp.Port | unix.Port):
                 try:
+                    _accept_queued(reader)
                     reader.stopListening()
                     closed += 1
                 except Exception:
                     logger.exception("stopping a listening port failed")
     closed += _close_asyncio_servers(asyncio.get_running_loop())
     return closed
+
+
+def _accept_queued(port, rounds: int = 64) -> None:
+    # Closing a listening socket resets every connection still queued in its accept
+    # backlog (a proxy logs "recv() failed (104: Connection reset by peer)" and may
+    # answer 502). Accept what is queued first: those handshakes are then refused
+    # with 4001 and a short hint, like any that reach a draining process.
+    poller = select.poll()
+    poller.register(port.fileno(), select.POLLIN)
+    for _ in range(rounds):
+        if not poller.poll(0):
+            return
+        port.doRead()
 
 
 def _close_asyncio_servers(loop: asyncio.AbstractEventLoop) -> int:

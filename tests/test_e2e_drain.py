@@ -187,3 +187,61 @@ async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db,
     finally:
         a.stop()
         b.stop()
+
+
+class BacklogServer(ServerProcess):
+    """Daphne with an accept backlog of 1,024 (its default of 50 would hold few)."""
+
+    def command(self):
+        return [sys.executable, "-m", "daphne", "-e",
+                f"tcp:port={self.port}:interface={self.host}:backlog=1024", self.app]
+
+
+async def test_handshakes_queued_when_the_drain_starts_are_answered_not_reset(
+        migrated_db, shared_redis, tmp_path):
+    """Connections waiting in the accept backlog get 101 and 4001, not a TCP reset.
+
+    Closing a listening socket resets what its backlog holds (a proxy answers those
+    with 502). The process is stopped (SIGSTOP) while the connections queue, gets
+    SIGTERM, and is continued: its drain accepts the queue before it stops listening.
+    """
+    env = drain_env(migrated_db, shared_redis, f"hbdrain-{os.urandom(3).hex()}")
+    env["HEARTBEAT_MAX_HANDSHAKES"] = "1000"
+    a = BacklogServer(tmp_path, env, name="A").start()
+    count = 600
+    try:
+        # A session first: a process installs its drain with its first session.
+        held = await Client(a, "tab-held").start()
+        assert await until(lambda: held.hello is not None, scaled(5))
+        a.proc.send_signal(signal.SIGSTOP)
+        host = a.origin.split("//", 1)[1]
+        request = (f"GET /ws/rooms/queued/ HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   f"Sec-WebSocket-Version: 13\r\nOrigin: {a.origin}\r\n\r\n").encode()
+        streams = []
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+            writer.write(request)
+            streams.append((reader, writer))
+        a.proc.send_signal(signal.SIGTERM)
+        a.proc.send_signal(signal.SIGCONT)
+
+        async def answer(reader):
+            try:
+                return (await asyncio.wait_for(reader.readline(), scaled(15))).decode()[:12]
+            except ConnectionResetError:
+                return "reset"
+            except TimeoutError:
+                return "no answer"
+
+        answers = await asyncio.gather(*(answer(r) for r, _ in streams))
+        for _, writer in streams:
+            writer.close()
+        tally = {k: answers.count(k) for k in set(answers)}
+        print(f"\n[drain backlog] {count} queued handshakes answered: {tally}")
+        assert tally == {"HTTP/1.1 101": count}, tally
+        a.proc.wait(timeout=scaled(20))
+    finally:
+        if a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        a.stop()
