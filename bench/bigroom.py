@@ -18,8 +18,8 @@ With ``--typing K`` a count-only run goes on: K members each send ``broadcast`` 
 ``typing`` ``--typing-rate`` times a second for ``--typing-seconds``, while probe clients
 (two members of the room and two connections in a room of their own, ``bigprobe``) send
 a protocol ping every 20 ms on a fixed schedule; the same probes ping for as long before
-the typing starts, as the baseline. ``--profile`` runs py-spy (on CPU 1) over the ramp
-and over an extra typing burst after the measured one.
+the typing starts, as the baseline. ``--profile`` runs py-spy (on CPU 1) over the ramp,
+the idle baseline and an extra typing burst after the measured one.
 
     .venv/bin/python -m bench.bigroom --runs count:10000 --gc-threshold 50000,20,100
     .venv/bin/python -m bench.bigroom --runs count:10000 --late 0 --typing 100 \
@@ -286,7 +286,11 @@ def run_one(work, kind: str, size: int, args) -> dict:
             return rec
         rec["settle_s"] = settle(server)
         # Idle baseline ---------------------------------------------------------------
+        spy, raw = None, str(work.path / f"idle-{kind}-{size}.raw")
+        if args.profile:
+            spy = py_spy(server.proc.pid, args.idle + 30, raw)
         rec["idle_cpu_pct"] = cpu_over(server, args.idle) * 100
+        rec["idle_profile"] = stop_spy(spy, raw)
         members = ok
         if late:
             rec["late"] = late_window(server, procs, late_proc, kind, ok, late,
@@ -316,11 +320,13 @@ def late_window(server, procs, late_proc, kind: str, ok: int, late: int, idle_pc
     answer = late_proc.cmd(cmd="open", n=late, inflight=args.inflight, rate=args.rate)
     tj = time.time()
     joined = answer["ok"]
-    expect = ok + joined
     deadline = time.time() + 60
     time.sleep(1.0)
     while True:
         after = all_cmd(procs, cmd="counters")
+        # The count the room should show: the members open now (a member closed since,
+        # e.g. as a zombie, has left it).
+        expect = sum(c["open"] for c in after) + late_proc.cmd(cmd="counters")["open"]
         done = observers_done(after, kind, expect, joined, before)
         if done or time.time() > deadline:
             break

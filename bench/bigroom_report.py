@@ -29,6 +29,9 @@ NAMED = {
     "RedisChannelLayer.group_send (core.py)": "channels_redis' `group_send` (the group's "
     "members read and packed for every signal)",
     "write (recorder.py)": "session rows (`Recorder.write`, on the database thread)",
+    "Server.application_checker (server.py)": "Daphne's `application_checker` (a pass over "
+    "every connection each second)",
+    "Scheduler.step (scheduler.py)": "the heartbeat scheduler",
 }
 
 
@@ -136,6 +139,12 @@ def gc_text(pauses: list[float], seconds: float) -> str:
             f"{max(pauses):,.0f} ms")
 
 
+def log_cell(log: dict[str, int]) -> str:
+    lines = {k: v for k, v in log.items() if "sessions:" not in k}
+    return ", ".join(f"`{k}`: {v:,}" for k, v in sorted(lines.items(), key=lambda x: -x[1])) \
+        or "none"
+
+
 def per_member(r: dict) -> str:
     late = r["late"]
     if r["kind"] == "count":
@@ -222,9 +231,10 @@ def render(data) -> str:
             f"{bl.fmt(bl.pct(late['join_ms'], 50), 1)} / {bl.fmt(bl.pct(late['join_ms'], 99), 1)}"
             f" ms | {per_member(r)} | {late['cpu_ms_per_join']:.1f} ms "
             f"({late['cpu_ms_per_join_gross']:.1f}) |")
-    lines += ["", "| run | ramp | server CPU in the ramp | joins a second at the end | full "
-              "collections in the whole run | failed attempts (retried) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| run | ramp | server CPU in the ramp | joins a second at the end | "
+              "server CPU idle after the ramp | full collections in the whole run | failed "
+              "attempts (retried) | server log (session lines left out) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ramp = r["ramp"]
         errors: dict[str, int] = {}
@@ -237,9 +247,19 @@ def render(data) -> str:
             f"| {label(r)} | {ramp['joined']:,} of {ramp['planned']:,} "
             f"in {ramp['seconds']:.0f} s{'' if ramp['done'] else ' (budget)'} | "
             f"{ramp['cpu_pct']:.0f} % | {bl.fmt(ramp.get('tail_rate'), 1)} | "
+            f"{bl.fmt(r.get('idle_cpu_pct'))} % | "
             f"{len(g)}, {sum(g) / 1000:.1f} s, longest {bl.fmt(max(g) if g else None)} ms | "
-            f"{err or 'none'} |")
+            f"{err or 'none'} | {log_cell(r.get('log', {}))} |")
     lines.append("")
+    for r in runs:
+        prof = r.get("idle_profile")
+        if prof and prof.get("total"):
+            lines += [f"What the process of {label(r)} did with nobody joining, at "
+                      f"{bl.fmt(r['idle_cpu_pct'])} % of a core (py-spy over the idle "
+                      f"baseline, {prof['total']:,} samples): "
+                      + (named_shares(prof) or "see the table") + ".", ""]
+            lines += profile_table(prof, "Profile of the idle baseline (py-spy, 100 Hz; idle "
+                                   "time not sampled), most samples on the stack:")
     lines += ratios(data)
     for r in runs:
         if not r["ramp"]["done"]:
