@@ -195,16 +195,25 @@ def render_paired(data, ns):
                 f"{s[n]['bare_cpu_us'][setting]['median']:.0f} |")
     lines += ["", "| N | on ÷ off (mixin ÷ bare), paired, median [min–max] | difference of "
               "the medians, on − off | mixin CPU per round trip, on ÷ off, paired | repeats "
-              "| within noise |", "|---|---|---|---|---|---|"]
+              "with on ÷ off below 1 | within noise |", "|---|---|---|---|---|---|"]
     for n in ns:
         x, q, cq = s[n], s[n]["on_over_off"], s[n]["cpu_on_over_off"]
         diff = x["ratio"]["on"]["median"] - x["ratio"]["off"]["median"]
         lines.append(
             f"| {n} | {q['median']:.3f} [{q['min']:.3f}–{q['max']:.3f}] | {diff:+.3f} "
             f"({diff / x['ratio']['off']['median'] * 100:+.1f} %) | {cq['median']:.3f} "
-            f"[{cq['min']:.3f}–{cq['max']:.3f}] | {x['repeats']} | "
+            f"[{cq['min']:.3f}–{cq['max']:.3f}] | "
+            f"{sum(v < 1 for v in q['values'])} of {x['repeats']} | "
             + ("**yes**" if x["within_noise"] else "**no**: on " + (
                 "slower" if q["max"] < 1 else "faster") + " in every repeat") + " |")
+    lines += ["", "How big the noise is: between repeats the same process's mixin ÷ bare moved "
+              + "; ".join(f"{s[n]['ratio'][v]['min']:.2f}–{s[n]['ratio'][v]['max']:.2f} "
+                          f"(N={n}, metrics {v})" for n in ns for v in METRICS_SETTINGS)
+              + ", and the paired quotients spread as the table shows, so these runs cannot "
+              "resolve a difference of a few per cent either way; a sign test over "
+              f"{s[ns[0]]['repeats']} repeats calls a lean significant (p < 0.05) only when "
+              "every repeat leans the same way. The in-process figures below bound what the "
+              "counting itself can cost."]
     on, off = cost["on"], cost["off"]
     cpu_on = bl.median([s[n]["mixin_cpu_us"]["on"]["median"] for n in ns])
     lines += ["", "What the counting costs in-process, on CPU 0 of the same machine "
@@ -230,7 +239,17 @@ def main():
     if sys.argv[1:] == ["--counting-cost"]:
         print(json.dumps(counting_cost()), flush=True)
         return
-    raise SystemExit("run it as: python -m bench.pingpong --metrics-paired")
+    if sys.argv[1:] == ["--render"]:
+        # Redraw the plot and the doc section from the saved results, without measuring.
+        data = json.loads((bl.RESULTS / "pingpong-metrics.json").read_text(),
+                          object_hook=lambda d: {int(k) if k.isdigit() else k: v
+                                                 for k, v in d.items()})
+        ns = [int(x) for x in data["args"]["ns"].split(",")]
+        plot_paired(data, ns)
+        bl.update_doc("pingpong-metrics", render_paired(data, ns))
+        return
+    raise SystemExit("run it as: python -m bench.pingpong --metrics-paired "
+                     "(or --render to redraw the saved results)")
 
 
 if __name__ == "__main__":

@@ -329,9 +329,13 @@ class Tracker(Service):
     async def _rebuild(self) -> None:
         self.calls.rebuild_needed = False
         self.unsynced_joins.clear()  # every live session is joined again below
-        for room, session, reason in self.unsynced_leaves[:]:
-            self._queue(await self._call("leave", self.store.leave(room, session, reason)))
-            self.unsynced_leaves.remove((room, session, reason))
+        done = 0  # the replayed prefix, dropped in one slice: O(n), not a remove() per leave
+        try:
+            for room, session, reason in self.unsynced_leaves[:]:
+                self._queue(await self._call("leave", self.store.leave(room, session, reason)))
+                done += 1
+        finally:
+            del self.unsynced_leaves[:done]
         for local in self._live():
             for room, meta in local.metas.items():
                 self._queue(await self._call("join", self.store.join(

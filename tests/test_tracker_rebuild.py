@@ -1,0 +1,83 @@
+"""The tracker's rebuild after a store outage: the leaves it could not write, replayed.
+
+The memory store and a tracker stepped by hand; the outage is the store raising
+StoreUnavailable, as the Redis store does when Redis is down.
+"""
+
+import random
+
+import pytest
+
+from heartbeat_app import tracker
+from heartbeat_app.protocol import LeaveReason
+from heartbeat_app.stores import MemoryStore, StoreUnavailable
+
+TTL = 30_000
+ROOMS, PER_ROOM = 40, 100  # 4,000 leaves to replay
+
+
+class FlakyStore(MemoryStore):
+    """The memory store; records its leaves and fails the one numbered ``fail_at``."""
+
+    def __init__(self):
+        super().__init__()
+        self.left: list[tuple] = []
+        self.fail_at: int | None = None
+        self.on_leave = None  # called with the number of leaves so far
+
+    async def leave(self, room, session, reason, now_ms=None):
+        if self.fail_at is not None and len(self.left) == self.fail_at:
+            raise StoreUnavailable("the store is down again")
+        self.left.append((room, session, reason))
+        if self.on_leave is not None:
+            self.on_leave(len(self.left))
+        return await super().leave(room, session, reason, now_ms)
+
+
+def meta(room, n):
+    return {"session": f"{room}-s{n}", "key": f"k{n}", "tab": f"t{n}", "instance": "gone",
+            "visible": True, "online_at": 0, "ref": f"r-{room}-{n}"}
+
+
+@pytest.fixture
+async def outage(make_runtime):
+    """A tracker back from an outage, with 4,000 leaves to replay in a shuffled order."""
+    runtime = make_runtime()  # stepped by hand
+    store = FlakyStore()
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    leaves = []
+    for r in range(ROOMS):
+        for n in range(PER_ROOM):
+            await store.join(f"room{r}", meta(f"room{r}", n), TTL)
+            leaves.append((f"room{r}", f"room{r}-s{n}", LeaveReason.CLOSED))
+    random.Random(11).shuffle(leaves)
+    # A leave written twice and one of a session the store no longer holds: both replayed.
+    leaves += [leaves[0], ("room0", "never-there", LeaveReason.LEFT)]
+    active.unsynced_leaves.extend(leaves)
+    active.calls.rebuild_needed = True
+    return active, store, leaves
+
+
+async def test_the_rebuild_replays_every_unsynced_leave_once_in_order(outage):
+    active, store, leaves = outage
+    await active.step()
+    assert store.left == leaves
+    assert active.unsynced_leaves == []
+    assert await store.rooms() == {}
+    assert not active.degraded and not active.calls.rebuild_needed
+
+
+async def test_a_store_failing_again_keeps_exactly_the_leaves_not_replayed(outage):
+    """The replayed ones are gone, the rest and those added meanwhile wait, in order."""
+    active, store, leaves = outage
+    late = ("room1", "room1-s7", LeaveReason.TIMEOUT)
+    store.fail_at = 2500
+    store.on_leave = lambda n: n == 1000 and active.unsynced_leaves.append(late)
+    await active.step()
+    assert store.left == leaves[:2500]
+    assert active.unsynced_leaves == [*leaves[2500:], late]
+    store.fail_at = store.on_leave = None
+    await active.step()  # the store answers: the next rebuild replays only what is left
+    assert store.left == [*leaves, late]
+    assert active.unsynced_leaves == []
+    assert await store.rooms() == {}
