@@ -401,6 +401,15 @@ describe("refusals", () => {
     assert.deepEqual(requests(reconnect(env)), []);
   });
 
+  test("too_many_tabs ends the interest in the room: a reconnect does not ask for it again", () => {
+    const env = setup();
+    const w = env.open();
+    env.sock.join("dev");
+    w.serverSend({ type: "error", code: "too_many_tabs", room: "dev", detail: "Too many tabs." });
+    assert.deepEqual(env.of("refused").map((e) => e.code), ["too_many_tabs"]);
+    assert.deepEqual(requests(reconnect(env)), []);
+  });
+
   test("not_in_room is reported and changes nothing; an error about no room is no refusal", () => {
     const { sock, open, of } = setup();
     const w = open();

@@ -53,7 +53,7 @@
   var MAX_STATE_BYTES = 1024;
   var MAX_DATA_BYTES = 4096;
   // Refusals after which the client stops asking for the room (see _refused()).
-  var NOT_JOINED = {room_forbidden: 1, room_full: 1};
+  var NOT_JOINED = {room_forbidden: 1, room_full: 1, too_many_tabs: 1};
 
   function checkRoom(room, method) {
     if (typeof room !== "string" || !ROOM.test(room)) {
