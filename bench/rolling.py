@@ -336,29 +336,35 @@ def nginx_error_kinds(text: str) -> dict[str, int]:
 
 
 def classify(blinks, returns):
-    """How long each tab was away, and which blinks a tab back within the grace saw.
+    """How long each tab was away, and why each blink happened.
 
-    A blink whose tab was back (hello) within the grace of its close is the server's
-    fault (target 0); one whose tab came back later is the capacity's.
+    For each blink, the tab's last close before its member went missing: back (hello)
+    before the member went missing means its join reached the store late (the new
+    process's backlog); back within the grace of its close yet missing means the
+    server dropped it (target 0); back later than the grace is the capacity's.
     """
     away = sorted(back - closed for _, closed, back in returns)
     by_key: dict[str, list] = {}
     for key, closed, back in returns:
         by_key.setdefault(key, []).append((closed, back))
-    early = late = unknown = 0
+    early = late = joined_late = unknown = 0
     for blink in blinks:
-        spans = [(c, b) for c, b in by_key.get(blink["key"], ())
-                 if c <= blink["gone_at"] + 1.0 and b >= blink["gone_at"] - 1.0]
+        spans = sorted(c_b for c_b in by_key.get(blink["key"], ())
+                       if c_b[0] <= blink["gone_at"] + 1.0)
         if not spans:
             unknown += 1
-        elif min(b - c for c, b in spans) <= GRACE:
+            continue
+        closed, back = spans[-1]
+        if back <= blink["gone_at"]:
+            joined_late += 1
+        elif back - closed <= GRACE:
             early += 1
         else:
             late += 1
     return {"returns": len(away), "away_p50_s": bl.pct(away, 50), "away_p99_s": bl.pct(away, 99),
             "away_max_s": max(away or [0]), "back_within_grace": sum(a <= GRACE for a in away),
             "blinks_back_within_grace": early, "blinks_back_late": late,
-            "blinks_unmatched": unknown}
+            "blinks_joined_late": joined_late, "blinks_unmatched": unknown}
 
 
 def codes(d):
@@ -412,7 +418,9 @@ def render(data, name="rolling"):
         f"most; {s.get('back_within_grace', 0):,} back within the {GRACE:g} s grace |",
         f"| blinks of tabs back within the grace (the server's, target 0) | "
         f"**{s.get('blinks_back_within_grace', 0):,}** (of tabs back later: "
-        f"{s.get('blinks_back_late', 0):,}; not matched to a return: "
+        f"{s.get('blinks_back_late', 0):,}; of tabs greeted before their member went missing, "
+        f"whose join reached the store late: {s.get('blinks_joined_late', 0):,}; not matched "
+        "to a return: "
         f"{s.get('blinks_unmatched', 0):,}) |",
         f"| ghosts at the end (target 0) | **{s['ghosts']:,}** ({s['metas_at_end']:,} metas "
         f"listed, {s['live_at_end']:,} sessions open; open but not listed: "
@@ -423,8 +431,9 @@ def render(data, name="rolling"):
         f"{codes(s['refusals'])} |",
         f"| failed attempts | {errors} |",
         f"| HTTP 5xx | {s['http_5xx']:,} |",
-        "| nginx's error log, by kind | " + (", ".join(
-            f"`{k}`: {v:,}" for k, v in s.get("proxy_errors", {}).items()) or "none") + " |",
+        "| nginx's error log, by kind | " + ((", ".join(
+            f"`{k}`: {v:,}" for k, v in s["proxy_errors"].items()) or "none")
+            if "proxy_errors" in s else "not recorded by this run") + " |",
         f"| tracebacks in the servers' logs | {s['tracebacks']} |",
         "",
         "Targets: 0 blinks of tabs back within the grace "
@@ -441,7 +450,10 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--render":
         # Rewrite the doc section from the saved results, without measuring.
         name = sys.argv[2] if len(sys.argv) > 2 else "rolling"
-        bl.update_doc(name, render(json.loads((bl.RESULTS / f"{name}.json").read_text()), name))
+        data = json.loads((bl.RESULTS / f"{name}.json").read_text())
+        if "returns" in data:  # the classification of the blinks, as the run saved them
+            data["summary"].update(classify(data["blinks"], data["returns"]))
+        bl.update_doc(name, render(data, name))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--observe":
         asyncio.run(observe(int(sys.argv[2]), float(sys.argv[3])))
