@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from typing import Any
 
 from . import conf, protocol
@@ -123,6 +124,36 @@ class Gate(Service):
         return max(int(wait * 1000), conf.get("HEARTBEAT_RETRY_MIN_MS"))
 
 
+# The scope key under which the middleware hands a handshake's ticket to the consumer.
+TICKET = "heartbeat.admission"
+
+
+class Ticket:
+    """A handshake's slot in the gate: given back at accept, or later if the consumer holds it."""
+
+    def __init__(self, release):
+        self.held = False
+        self.release = release
+
+
+@contextmanager
+def held(scope):
+    """Keep the handshake in flight for the gate until the block is done.
+
+    The mixin holds it over accept, ``hello`` and the presence joins: a process
+    whose joins fall behind its accepts then refuses (4013) instead of greeting
+    tabs whose presence reaches the store after their old process's grace.
+    """
+    ticket = scope.get(TICKET)
+    if ticket is not None:
+        ticket.held = True
+    try:
+        yield
+    finally:
+        if ticket is not None:
+            ticket.release()
+
+
 def get_gate() -> Gate:
     """The handshake gate of the running loop's runtime."""
     return get_runtime().service(Gate)
@@ -151,13 +182,17 @@ class AdmissionMiddleware:
                 finished = True
                 gate.finished(admitted_at)
 
+        ticket = Ticket(finish)
+
         async def send_watching_the_handshake(message: dict[str, Any]) -> None:
-            if message["type"] in ("websocket.accept", "websocket.close"):
+            kind = message["type"]
+            if kind == "websocket.close" or (kind == "websocket.accept" and not ticket.held):
                 finish()
             await send(message)
 
         try:
-            return await self.app(scope, receive, send_watching_the_handshake)
+            return await self.app(dict(scope, **{TICKET: ticket}),
+                                  receive, send_watching_the_handshake)
         finally:
             finish()
 

@@ -14,7 +14,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
-from .admission import Gate
+from .admission import Gate, held
 from .drain import install_signal_handler
 from .layers import survive_outages
 from .limits import TokenBucket
@@ -136,8 +136,9 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
 
     async def accept(self, subprotocol=None, headers=None):
         """Accept the connection, then greet it with ``hello`` and start watching it."""
-        await super().accept(subprotocol, headers)
-        await self._heartbeat_open()
+        with held(self.scope):  # in flight for the admission gate until presence joined
+            await super().accept(subprotocol, headers)
+            await self._heartbeat_open()
 
     async def close(self, code=None, reason=None):
         """Close from the server side, recording why for the session's history."""
@@ -178,9 +179,8 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         await super().websocket_receive(message)
 
     def _heartbeat_decodes_json(self) -> bool:
-        # Only when the consumer keeps Channels' own JSON receive() can the mixin
-        # decode on its behalf and turn bad JSON into an error message instead
-        # of an exception that kills the connection.
+        # Only when the consumer keeps Channels' own JSON receive() can the mixin decode
+        # for it, turning bad JSON into an error message, not a connection-killing exception.
         return (
             isinstance(self, AsyncJsonWebsocketConsumer)
             and type(self).receive is AsyncJsonWebsocketConsumer.receive

@@ -153,3 +153,36 @@ async def test_hints_are_paced_at_the_cap_over_the_handshake_time_and_never_run_
     many = [gate.retry_after_ms("in_flight") for _ in range(100_000)]
     # A storm of refusals never sends anyone further than the cap (plus its jitter).
     assert max(many) <= 30_000 * 1.2 and many[-1] >= 25_000
+
+
+class SlowRoom(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+    """A presence consumer whose room check waits until the test lets it through."""
+
+    presence_rooms = ["hall"]
+
+    async def can_join_presence(self, room):
+        await self.scope["release"].wait()
+        return True
+
+
+async def test_a_handshake_stays_in_flight_until_its_presence_joins_are_done(
+        settings, make_runtime):
+    """Accept alone does not free the slot: the gate counts it until presence caught up."""
+    settings.PRESENCE_STORE = "memory"
+    runtime = make_runtime()
+    gate = runtime.service(Gate)
+    release = asyncio.Event()
+    communicator = client(AdmissionMiddleware(SlowRoom.as_asgi()), "a", [], release)
+    connected, _ = await communicator.connect()
+    assert connected
+    assert (await communicator.receive_json_from())["type"] == "hello"
+    assert gate.in_flight == 1  # greeted, but its presence is not in the store yet
+    release.set()
+    state = await communicator.receive_json_from()
+    assert state["type"] == "presence_state"
+    for _ in range(100):
+        if gate.in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert gate.in_flight == 0
+    await communicator.disconnect()
