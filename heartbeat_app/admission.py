@@ -89,9 +89,14 @@ class Gate(Service):
             return True
         return False
 
-    def finished(self, admitted_at: float) -> None:
+    def finished(self, admitted_at: float, measure: bool = True) -> None:
         """A handshake admitted at ``admitted_at`` is over (accepted, refused or dropped)."""
         self.in_flight = max(0, self.in_flight - 1)
+        if measure:
+            self.measure(admitted_at)
+
+    def measure(self, admitted_at: float) -> None:
+        """Smooth in the time from admission to accept, the basis of the paced hints."""
         took = max(0.0, self.clock.monotonic() - admitted_at)
         self.duration += DURATION_SMOOTHING * (took - self.duration)
 
@@ -173,21 +178,27 @@ class AdmissionMiddleware:
         if why is not None:
             await self._refuse(gate, why, receive, send)
             return None
-        finished = False
+        finished = measured = False
         admitted_at = gate.clock.monotonic()
 
         def finish() -> None:
             nonlocal finished
             if not finished:
                 finished = True
-                gate.finished(admitted_at)
+                gate.finished(admitted_at, measure=not measured)
 
         ticket = Ticket(finish)
 
         async def send_watching_the_handshake(message: dict[str, Any]) -> None:
+            nonlocal measured
             kind = message["type"]
             if kind == "websocket.close" or (kind == "websocket.accept" and not ticket.held):
                 finish()
+            elif kind == "websocket.accept" and not measured:
+                # Held on past accept: the slot stays taken, but the hints' pace is
+                # still the handshake's own time, not the presence joins'.
+                measured = True
+                gate.measure(admitted_at)
             await send(message)
 
         try:
