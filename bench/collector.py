@@ -1,6 +1,7 @@
 """Collector pauses and memory of a server-like heap: Python's thresholds, a tuple, and "auto".
 
     .venv/bin/python -m bench.collector [--sessions 5000,19000] [--messages 400000]
+    .venv/bin/python -m bench.collector --render   # the table of the saved results again
 
 Each run is a fresh process (a freeze cannot be undone, and memory is per process). It
 starts as a server does (Django set up with the test settings, the demo's ASGI application,
@@ -187,7 +188,7 @@ def render(data: dict) -> str:
             s = r[phase]
             c, m = s["collections"], s["longest_ms"]
             memory = (f"{r['held_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB | "
-                      f"{r['garbage_left']:,}" if phase == "churn" else "| ")
+                      f"{r['garbage_left']:,}" if phase == "churn" else "– | –")
             lines.append(
                 f"| {r['sessions']:,} | {LABELS[r['mode']]} | {phase} "
                 f"({r[phase + '_s']:.1f} s) | {c[0]:,} / {c[1]:,} / {c[2]:,} | "
@@ -205,12 +206,18 @@ def main() -> None:
     parser.add_argument("--sessions", default="5000,19000")
     parser.add_argument("--messages", type=int, default=400_000)
     parser.add_argument("--child", choices=MODES)
+    parser.add_argument("--render", action="store_true",
+                        help="print the table of the saved results, without measuring")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, int(args.sessions), args.messages)))
         return
 
     from bench import benchlib as bl
+
+    if args.render:
+        print(render(json.loads((bl.RESULTS / "collector.json").read_text())))
+        return
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT,
                             capture_output=True, text=True).stdout.strip()
