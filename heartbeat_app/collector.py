@@ -11,8 +11,10 @@ about it, once:
 - a tuple: exactly those thresholds, nothing else;
 - ``None``: the collector is left as it is.
 
-docs/deployment.md weighs what "auto" costs (memory held between collections) against
-the pauses it saves, as ``bench/collector.py`` measured them.
+Whatever the setting, every collection's pause is timed into the
+``heartbeat_gc_pause_seconds`` histogram of one runtime of the process. docs/deployment.md
+weighs what "auto" costs (memory held between collections) against the pauses it saves, as
+``bench/collector.py`` measured them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import weakref
 from typing import Any
 
 from . import conf
@@ -42,24 +45,34 @@ SERVER_THRESHOLD = (10000, 10, 10)
 
 
 class _Process:
-    """What this process did to its collector."""
+    """What this process did to its collector, and where its pauses are counted."""
 
     def __init__(self):
         self.tuned = False
+        self.metrics: weakref.ref | None = None  # the Metrics of the runtime that counts
+        self.collecting_since = 0.0
 
 
 _process = _Process()
 
 
-def start() -> None:
-    """Tune the collector as HEARTBEAT_GC_THRESHOLD says, once per process.
+def start(runtime: Any) -> None:
+    """Tune the collector as HEARTBEAT_GC_THRESHOLD says, once per process; time its pauses.
 
-    The scheduler calls it for each session it adds: after the first, one attribute read.
+    The scheduler calls it for each session it adds: after the first, two attribute reads
+    and a weak reference's call. The pauses are counted in ``runtime``'s metrics until that
+    runtime is gone, then in the next one's to start: one runtime at a time, so adding up
+    the runtimes of several event loops counts no collection twice.
     """
     process = _process
     if not process.tuned:
         process.tuned = True
         tune(conf.get("HEARTBEAT_GC_THRESHOLD"))
+    if process.metrics is None or process.metrics() is None:
+        process.metrics = weakref.ref(runtime.metrics)
+        if _time_collection not in gc.callbacks:
+            # After tune(): its deliberate collection is logged, not counted as a pause.
+            gc.callbacks.append(_time_collection)
 
 
 def tune(setting: Any) -> None:
@@ -95,3 +108,16 @@ def _tune_for_a_server() -> None:
                 "%d objects of the start-up frozen after a collection of %.0f ms, thresholds "
                 "%s (were %s)", gc.get_freeze_count(), collected * 1000, gc.get_threshold(),
                 before)
+
+
+def _time_collection(phase: str, info: dict) -> None:
+    # Runs inside every collection, in whichever thread set it off: it allocates next to
+    # nothing and cannot raise.
+    process = _process
+    if phase == "start":
+        process.collecting_since = time.perf_counter()
+        return
+    ref = process.metrics
+    metrics = ref() if ref is not None else None
+    if metrics is not None:
+        metrics.gc_pause.observe(time.perf_counter() - process.collecting_since)

@@ -245,6 +245,8 @@ class Metrics:
         self.rtt = r.histogram("heartbeat_rtt_seconds", "Round trips of answered probes.")
         self.loop_lag = r.histogram("heartbeat_loop_lag_seconds",
                                     "How late the background ticks ran.")
+        self.gc_pause = r.histogram("heartbeat_gc_pause_seconds",
+                                    "Garbage collections of the process, each one's pause.")
         self.store_seconds = r.histogram("heartbeat_presence_store_seconds",
                                          "Presence store calls, by operation.", ("op",))
         self.store_calls_late = r.counter(

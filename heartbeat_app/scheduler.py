@@ -63,7 +63,7 @@ class Scheduler(Service):
 
     def add(self, session: SessionState, phase_spread: float | None = None) -> None:
         """Start watching a session; its silence counts from now."""
-        collector.start()  # once per process, before its sessions grow the heap (issue #12)
+        collector.start(self.runtime)  # tuned once per process, before its sessions grow
         session.last_heard = self.now()
         if session.interval is None:
             return

@@ -7,6 +7,7 @@ import weakref
 import pytest
 
 from heartbeat_app import collector, conf
+from heartbeat_app.runtime import Runtime
 from heartbeat_app.scheduler import Scheduler
 from heartbeat_app.state import SessionState
 
@@ -31,6 +32,11 @@ def pristine_gc(monkeypatch, caplog):
     gc.callbacks[:] = callbacks
 
 
+@pytest.fixture
+def runtime() -> Runtime:
+    return Runtime(autostart=False)
+
+
 def records(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "heartbeat_app.collector"]
 
@@ -41,23 +47,26 @@ def test_the_default_is_auto():
 
 
 def test_auto_freezes_the_start_up_and_raises_the_thresholds_once_per_process(
-        pristine_gc, settings, caplog):
+        pristine_gc, settings, caplog, runtime):
     settings.HEARTBEAT_GC_THRESHOLD = "auto"
     frozen_before, callbacks = gc.get_freeze_count(), list(gc.callbacks)
-    collector.start()
+    collector.start(runtime)
     assert gc.get_threshold() == collector.SERVER_THRESHOLD
     frozen = gc.get_freeze_count()
     assert frozen > frozen_before
     assert gc.isenabled()
-    assert gc.callbacks == callbacks
+    timer = collector._time_collection  # the pauses' timer, and nothing else, is added
+    assert gc.callbacks.count(timer) == 1
+    assert [c for c in gc.callbacks if c is not timer] == [c for c in callbacks
+                                                            if c is not timer]
     (line,) = records(caplog)
     assert '"auto"' in line and f"{frozen} objects of the start-up frozen" in line
     assert f"thresholds {collector.SERVER_THRESHOLD} (were {PYTHONS})" in line
 
     gc.set_threshold(800, 10, 10)
     young = [{"made": i} for i in range(100)]  # would be frozen by a second freeze
-    collector.start()
-    collector.start()
+    collector.start(runtime)
+    collector.start(runtime)
     assert gc.get_threshold() == (800, 10, 10)
     assert gc.get_freeze_count() == frozen
     assert len(records(caplog)) == 1
@@ -99,10 +108,10 @@ def test_auto_leaves_a_collector_the_process_turned_off_alone(pristine_gc, caplo
                                '"auto"): automatic collection is off in this process']
 
 
-def test_none_leaves_the_collector_alone(pristine_gc, settings, caplog):
+def test_none_leaves_the_collector_alone(pristine_gc, settings, caplog, runtime):
     settings.HEARTBEAT_GC_THRESHOLD = None
     frozen = gc.get_freeze_count()
-    collector.start()
+    collector.start(runtime)
     assert gc.get_threshold() == PYTHONS
     assert gc.get_freeze_count() == frozen
     assert gc.isenabled()
@@ -110,16 +119,16 @@ def test_none_leaves_the_collector_alone(pristine_gc, settings, caplog):
 
 
 def test_a_tuple_sets_exactly_those_thresholds_once_and_freezes_nothing(
-        pristine_gc, settings, caplog):
+        pristine_gc, settings, caplog, runtime):
     settings.HEARTBEAT_GC_THRESHOLD = (12345, 11, 12)
     frozen = gc.get_freeze_count()
-    collector.start()
+    collector.start(runtime)
     assert gc.get_threshold() == (12345, 11, 12)
     assert gc.get_freeze_count() == frozen
     assert records(caplog) == ["garbage collector thresholds set to (12345, 11, 12) (were "
                                "(700, 10, 10)) by HEARTBEAT_GC_THRESHOLD"]
     settings.HEARTBEAT_GC_THRESHOLD = (999, 9, 9)
-    collector.start()  # once per process only
+    collector.start(runtime)  # once per process only
     assert gc.get_threshold() == (12345, 11, 12)
 
 
@@ -136,3 +145,37 @@ async def test_the_scheduler_tunes_the_collector_when_it_adds_the_first_session(
     assert gc.get_threshold() == PYTHONS
     scheduler.add(SessionState(tab="t", interval=None, timeout=None))
     assert gc.get_threshold() == (23456, 10, 10)
+
+
+@pytest.mark.parametrize("setting", ["auto", None, (20000, 10, 10)])
+def test_every_collection_is_timed_into_the_runtimes_metrics(
+        pristine_gc, settings, runtime, setting):
+    settings.HEARTBEAT_GC_THRESHOLD = setting
+    collector.start(runtime)
+    pauses = runtime.metrics.gc_pause
+    before = pauses.count()  # "auto"'s own collection is not among them
+    gc.collect()
+    gc.collect(0)
+    assert pauses.count() == before + 2
+    (series,) = pauses.values.values()
+    assert 0 < series["max"] < 5.0
+
+
+def test_one_runtime_at_a_time_counts_the_pauses_then_the_next_to_start(
+        pristine_gc, settings):
+    settings.HEARTBEAT_GC_THRESHOLD = None
+    first, other = Runtime(autostart=False), Runtime(autostart=False)
+    collector.start(first)
+    collector.start(other)  # the first one still counts: no collection counted twice
+    gc.collect()
+    assert other.metrics.gc_pause.count() == 0
+    assert first.metrics.gc_pause.count() >= 1
+
+    dropped = weakref.ref(first.metrics)
+    del first
+    gc.collect()
+    assert dropped() is None
+    collector.start(other)
+    gc.collect()
+    assert other.metrics.gc_pause.count() >= 1
+    assert gc.callbacks.count(collector._time_collection) == 1
