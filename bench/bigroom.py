@@ -21,15 +21,15 @@ a protocol ping every 20 ms on a fixed schedule; the same probes ping for as lon
 the typing starts, as the baseline. ``--profile`` runs py-spy (on CPU 1) over the ramp,
 the idle baseline and an extra typing burst after the measured one.
 
-    .venv/bin/python -m bench.bigroom --runs count:10000 --gc-threshold 50000,20,100
-    .venv/bin/python -m bench.bigroom --runs count:10000 --late 0 --typing 100 \
-        --gc-threshold 50000,20,100 --tag typing --profile
-    .venv/bin/python -m bench.bigroom --runs full:10000 --gc-threshold 50000,20,100 --profile
-    .venv/bin/python -m bench.bigroom --runs full:2000,count:2000 --gc-threshold 50000,20,100
+    .venv/bin/python -m bench.bigroom --runs count:10000 --profile
+    .venv/bin/python -m bench.bigroom --runs count:10000 --late 0 --typing 100 --tag typing \
+        --profile
+    .venv/bin/python -m bench.bigroom --runs full:10000 --profile
+    .venv/bin/python -m bench.bigroom --runs full:2000,count:2000
 
-``--gc-threshold`` sets the server's collector thresholds (``BENCH_GC_THRESHOLD`` of
-``bench/benchproj``): with Python's own, full collections of a process with thousands of
-sessions take seconds each (``--tag`` keeps such a run apart from the others).
+The collector is the app's (``HEARTBEAT_GC_THRESHOLD``, "auto" by default);
+``--gc-threshold`` sets other thresholds first (``BENCH_GC_THRESHOLD`` of
+``bench/benchproj``), with ``--tag`` to keep such runs apart.
 
 Results go to ``bench/results/bigroom.json``, one entry per run (a later invocation
 replaces the runs it repeats and keeps the others, each with its own commit); the section

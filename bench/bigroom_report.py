@@ -164,7 +164,8 @@ def render(data) -> str:
         return "## A room of 10,000 members\n"
     first = runs[0]
     gc_args = {r["env"].get("BENCH_GC_THRESHOLD") for r in runs}
-    gc_note = ("the collector at Python's own thresholds" if gc_args == {None} else
+    gc_note = ("the collector as the app sets it (`HEARTBEAT_GC_THRESHOLD` at its default, "
+               "\"auto\")" if gc_args == {None} else
                "`gc.set_threshold(" + ", ".join(sorted(str(g) for g in gc_args if g))
                + ")` in the server (`BENCH_GC_THRESHOLD` of `bench/benchproj`)"
                + (" unless a run's tag says otherwise" if None in gc_args else ""))

@@ -30,14 +30,11 @@ RUNS = {  # name -> the bench module and its arguments
     "capacity-gc19k": ["capacity", "--sessions", "19000", "--variants", "redis",
                        "--gc-threshold", "50000,20,100", "--tag", "gc19k"],
     # A room of 10,000: runs of their own, each within 10 minutes (see the doc's section).
-    "bigroom": ["bigroom", "--runs", "count:10000", "--gc-threshold", "50000,20,100"],
+    "bigroom": ["bigroom", "--runs", "count:10000", "--profile"],
     "bigroom-typing": ["bigroom", "--runs", "count:10000", "--late", "0", "--typing", "100",
-                       "--gc-threshold", "50000,20,100", "--tag", "typing", "--profile"],
-    "bigroom-full": ["bigroom", "--runs", "full:10000", "--gc-threshold", "50000,20,100",
-                     "--profile"],
-    "bigroom-2000": ["bigroom", "--runs", "full:2000,count:2000", "--gc-threshold",
-                     "50000,20,100"],
-    "bigroom-gc-default": ["bigroom", "--runs", "count:10000", "--tag", "gc-default"],
+                       "--tag", "typing", "--profile"],
+    "bigroom-full": ["bigroom", "--runs", "full:10000", "--profile"],
+    "bigroom-2000": ["bigroom", "--runs", "full:2000,count:2000"],
     "summary": ["summary"],
 }
 
