@@ -198,7 +198,8 @@ def render(data) -> str:
         "`presence_count`s, at most one per `PRESENCE_COUNT_INTERVAL` of 2 s, spaced out "
         "further while the process lags, in a count-only room), counted from the first "
         "late connect until every observer (the "
-        "first member of each client process) has been told of the last join, and the "
+        "first member of each client process) has been told of the last join (a count sent "
+        "after it, or diffs carrying every late join; at most 30 s), and the "
         "server's CPU (user + system from /proc/<pid>/stat) over the same window, less the "
         "idle rate. *count-only* is `PRESENCE_FULL_LIST_MAX` at its default, 200; *full "
         "list* sets it to 100,000. A ramp not done within the budget stops there.", "",
@@ -342,7 +343,9 @@ def typing_section(r) -> list[str]:
         "counts, every ping sent during it), in their own client process; the baseline is "
         "the same probes with nobody typing, just before. The room then has "
         f"{t['members']:,} members. Signals were counted until none had arrived for 3 s "
-        f"(at most 60 s after the senders stopped). `PRESENCE_SIGNAL_RATE` is 10: the "
+        f"(at most 45 s after the senders stopped). `HEARTBEAT_MESSAGE_RATE` is off in this "
+        "run, so the probes' 50 frames a second, read at once after a stall, do not get them "
+        "closed with 4429. `PRESENCE_SIGNAL_RATE` is 10: the "
         "server sends at most 10 signals a second per sender, room and event, the latest "
         "winning.", "",
         "| probe ping p50 / p99 / max | members of the room | in another room |",

@@ -70,6 +70,7 @@ class Room:
         self.pings: dict[tuple[int, int], tuple[float, float]] = {}
         self.rtts: list[tuple[float, float]] = []
         self.probing = False
+        self.opening: set[Conn] = set()  # attempts not joined yet
 
     # Frames ----------------------------------------------------------------------------
 
@@ -124,6 +125,7 @@ class Room:
             self.first_seen.setdefault(sender, []).append(data.get("q"))
 
     def on_close(self, conn: Conn) -> None:
+        self.opening.discard(conn)
         code = conn.close_code if conn.close_code is not None else 1006
         if not conn.joined.done():
             error = Refused(code, conn.hint_ms)
@@ -142,6 +144,7 @@ class Room:
             conn.index = i
             loop = asyncio.get_running_loop()
             conn.greeted, conn.joined = loop.create_future(), loop.create_future()
+            self.opening.add(conn)
             return conn
 
         timeout = self.cfg.get("timeout", 120.0)
@@ -155,6 +158,11 @@ class Room:
         except TimeoutError:
             conn.transport.abort()
             raise TimeoutError("no presence_state") from None
+        except asyncio.CancelledError:
+            conn.transport.abort()  # given up at the budget
+            raise
+        finally:
+            self.opening.discard(conn)
         return conn, t, joined
 
     async def open_many(self, n: int, inflight: int, rate: float | None,
@@ -195,7 +203,21 @@ class Room:
                     return
                 await asyncio.sleep(hint + backoff(attempt))
 
-        await asyncio.gather(*(one(start + k, k) for k in range(n)))
+        tasks = [asyncio.ensure_future(one(start + k, k)) for k in range(n)]
+        if until is None:
+            await asyncio.gather(*tasks)
+        else:
+            # The budget is a hard stop: attempts still waiting for their state then are
+            # given up (their connections aborted) and counted as skipped.
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, until - time.time()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            skipped += len(pending)
+            for conn in list(self.opening):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            self.opening.clear()
         joins.sort()
         return {"event": "opened", "ok": len(joins), "skipped": skipped,
                 "failed": n - len(joins) - skipped, "errors": dict(self.errors),
