@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # A drain first closes the process's listening sockets, so a proxy sends new
     # connections (and returning tabs) to the other processes at once.
     "HEARTBEAT_DRAIN_STOP_LISTENING": True,
+    # Seconds Daphne waits for a client to answer a close frame before it resets the
+    # connection (autobahn's default is 1, counted from queuing the frame: a busy loop
+    # then resets closes whose hint is still unsent). None leaves the server's own.
+    "HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT": 5.0,
     # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).
     "HEARTBEAT_DRAIN_ON_SIGTERM": True,
     # The garbage collector, set once per process when its first session opens: "auto"

@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
 from .admission import Gate, held
-from .drain import install_signal_handler
+from .drain import prepare as prepare_drain
 from .layers import survive_outages
 from .limits import TokenBucket
 from .options import FROM_SETTINGS, HeartbeatOptions
@@ -226,7 +226,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         runtime.metrics.sessions.inc()
         runtime.service(Recorder).opened(session)
         self._heartbeat_scheduler.add(session, conf.get("HEARTBEAT_PHASE_SPREAD"))
-        install_signal_handler(runtime)
+        prepare_drain(runtime)  # the SIGTERM handler and the close timer, once
         logger.debug("heartbeat session %s opened (tab %s)", session.id, tab)
         await self._heartbeat_send(protocol.hello(
             session.id,

@@ -27,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 
 from . import conf
 from .admission import Gate
+from .listeners import lengthen_close_timeout, stop_listening
 from .recorder import Recorder
 from .runtime import Runtime
 from .tracker import Tracker
@@ -89,63 +88,10 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     return {"sessions": len(closers)}
 
 
-def stop_listening() -> int:
-    """Close this process's listening sockets; return how many were closed.
-
-    Daphne listens through Twisted ports (``stopListening()``), uvicorn through
-    asyncio servers (``Server.close()``). Each closes this process's descriptor only:
-    a socket shared with sibling workers keeps listening for them, which then take
-    the new connections. Open connections are not touched.
-    """
-    closed = 0
-    reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is not None:
-        from twisted.internet import tcp, unix
-
-        for reader in list(reactor.getReaders()):
-            if isinstance(reader, tcp.Port | unix.Port):
-                try:
-                    _accept_queued(reader)
-                    reader.stopListening()
-                    closed += 1
-                except Exception:
-                    logger.exception("stopping a listening port failed")
-    closed += _close_asyncio_servers(asyncio.get_running_loop())
-    return closed
-
-
-def _accept_queued(port, rounds: int = 64) -> None:
-    # Closing a listening socket resets every connection still queued in its accept
-    # backlog (a proxy logs "recv() failed (104: Connection reset by peer)" and may
-    # answer 502). Accept what is queued first: those handshakes are then refused
-    # with 4001 and a short hint, like any that reach a draining process.
-    poller = select.poll()
-    poller.register(port.fileno(), select.POLLIN)
-    for _ in range(rounds):
-        if not poller.poll(0):
-            return
-        port.doRead()
-
-
-def _close_asyncio_servers(loop: asyncio.AbstractEventLoop) -> int:
-    # asyncio keeps no list of a loop's servers; each listening socket is a reader
-    # whose callback is the loop's _accept_connection, with the Server among its
-    # arguments. Loops without a selector (uvloop) are left to the server's own close.
-    selector = getattr(loop, "_selector", None)
-    accept = getattr(type(loop), "_accept_connection", None)
-    if selector is None or accept is None:
-        return 0
-    servers = []
-    for key in list(selector.get_map().values()):
-        handle = key.data[0] if isinstance(key.data, tuple) and key.data else None
-        callback = getattr(handle, "_callback", None)
-        if getattr(callback, "__func__", None) is accept:
-            server = next((a for a in handle._args if isinstance(a, asyncio.Server)), None)
-            if server is not None and server not in servers:
-                servers.append(server)
-    for server in servers:
-        server.close()
-    return len(servers)
+def prepare(runtime: Runtime) -> None:
+    """Ready the process for a drain; called with every session's open, cheap after the first."""
+    lengthen_close_timeout()
+    install_signal_handler(runtime)
 
 
 def install_signal_handler(runtime: Runtime) -> bool:

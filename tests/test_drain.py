@@ -109,7 +109,7 @@ async def test_stop_listening_closes_asyncio_servers_and_keeps_open_connections(
     """What uvicorn listens with: the listening socket closes, an open connection stays."""
     import asyncio
 
-    from heartbeat_app.drain import stop_listening
+    from heartbeat_app.listeners import stop_listening
 
     async def echo(reader, writer):
         writer.write(await reader.readline())

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -189,6 +190,24 @@ async def test_sigterm_drains_clients_flushes_leaves_and_rows(kind, migrated_db,
         b.stop()
 
 
+async def first_bytes(sock: socket.socket, size: int, timeout: float = 15) -> str:
+    """The first ``size`` bytes a socket receives, or how it ended before them."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    try:
+        while len(data) < size:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, size - len(data)),
+                                           scaled(timeout))
+            if not chunk:
+                return f"closed after {data!r}"
+            data += chunk
+    except ConnectionResetError:
+        return f"reset after {data!r}" if data else "reset"
+    except TimeoutError:
+        return "no answer"
+    return data.decode(errors="replace")
+
+
 class BacklogServer(ServerProcess):
     """Daphne with an accept backlog of 1,024 (its default of 50 would hold few)."""
 
@@ -218,25 +237,21 @@ async def test_handshakes_queued_when_the_drain_starts_are_answered_not_reset(
         request = (f"GET /ws/rooms/queued/ HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                    f"Sec-WebSocket-Version: 13\r\nOrigin: {a.origin}\r\n\r\n").encode()
-        streams = []
+        # Plain sockets: an asyncio stream that has seen a reset raises at once and
+        # drops what it holds unread, while recv() hands over what came before one.
+        loop = asyncio.get_running_loop()
+        socks = []
         for _ in range(count):
-            reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
-            writer.write(request)
-            streams.append((reader, writer))
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", a.port))
+            await loop.sock_sendall(sock, request)
+            socks.append(sock)
         a.proc.send_signal(signal.SIGTERM)
         a.proc.send_signal(signal.SIGCONT)
-
-        async def answer(reader):
-            try:
-                return (await asyncio.wait_for(reader.readline(), scaled(15))).decode()[:12]
-            except ConnectionResetError:
-                return "reset"
-            except TimeoutError:
-                return "no answer"
-
-        answers = await asyncio.gather(*(answer(r) for r, _ in streams))
-        for _, writer in streams:
-            writer.close()
+        answers = await asyncio.gather(*(first_bytes(s, 12) for s in socks))
+        for sock in socks:
+            sock.close()
         tally = {k: answers.count(k) for k in set(answers)}
         print(f"\n[drain backlog] {count} queued handshakes answered: {tally}")
         assert tally == {"HTTP/1.1 101": count}, tally
@@ -245,3 +260,85 @@ async def test_handshakes_queued_when_the_drain_starts_are_answered_not_reset(
         if a.proc.poll() is None:
             a.proc.send_signal(signal.SIGCONT)
         a.stop()
+
+
+async def read_until_close_frame(sock: socket.socket, timeout: float) -> bytes:
+    """Read a WebSocket stream until a close frame (opcode 8) has arrived; return it all."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    deadline = time.monotonic() + scaled(timeout)
+    while b"\r\n\r\n" not in data or not _has_close_frame(data.split(b"\r\n\r\n", 1)[1]):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no close frame within {timeout} s: {data[:200]!r}"
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), left)
+        assert chunk, f"closed before a close frame: {data[:200]!r}"
+        data += chunk
+    return data
+
+
+def _has_close_frame(frames: bytes) -> bool:
+    at = 0
+    while at + 2 <= len(frames):
+        opcode, length = frames[at] & 0x0F, frames[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length, at = int.from_bytes(frames[at:at + 2], "big"), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(frames[at:at + 8], "big"), at + 8
+        if at + length > len(frames):
+            return False
+        if opcode == 8:
+            return True
+        at += length
+    return False
+
+
+@pytest.mark.parametrize("setting, waits_at_least, waits_under", [
+    ("3", 2.5, None),     # the app's setting: a client has 3 s to answer a close frame
+    ("none", None, 2.5),  # Daphne's own: a second, then a reset
+])
+async def test_daphne_gives_a_close_answer_the_time_the_setting_says(
+        setting, waits_at_least, waits_under, migrated_db, tmp_path):
+    """A client that does not answer a close frame is reset after the close handshake timeout.
+
+    Autobahn counts its one second from when the close frame is queued: a loop busy for
+    that long (a drain, a burst of refused handshakes) resets connections whose close
+    notice is still unsent. HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT lengthens it.
+    """
+    env = server_env(migrated_db, HEARTBEAT_CONNECT_RATE="0.01",
+                     HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT=setting)
+    server = ServerProcess(tmp_path, env, name="close").start()
+    try:
+        # The first handshake takes the one token and opens a session (the process
+        # readies itself with its first session); the second is refused with 4013.
+        first = await Client(server, "tab-first").start()
+        assert await until(lambda: first.hello is not None, scaled(5))
+        host = server.origin.split("//", 1)[1]
+        request = (f"GET /ws/rooms/lobby/ HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   f"Sec-WebSocket-Version: 13\r\nOrigin: {server.origin}\r\n\r\n").encode()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            await loop.sock_sendall(sock, request)
+            got = await read_until_close_frame(sock, 10)
+            closed_at = time.monotonic()
+            assert got.startswith(b"HTTP/1.1 101"), got[:40]
+            assert b'"code":4013' in got.replace(b" ", b""), got  # the notice, with its hint
+            # Not answered: the server ends the connection when its timeout runs out.
+            ending = await first_bytes(sock, 1, timeout=20)
+            waited = time.monotonic() - closed_at
+        finally:
+            sock.close()
+        print(f"\n[close timeout {setting}] connection ended ({ending}) {waited:.2f} s "
+              "after the close frame")
+        assert ending in {"reset", "closed after b''"}, ending
+        if waits_at_least is not None:
+            assert waited >= waits_at_least
+        if waits_under is not None:
+            assert waited < scaled(waits_under)
+        await first.ws.close()
+    finally:
+        server.stop()

@@ -209,6 +209,14 @@ def _check_restarts() -> list:
             hint="The defaults are 500, 2.0, 20.0, True and True; see docs/deployment.md.",
             id="heartbeat_app.E013",
         ))
+    close_timeout = conf.get("HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT")
+    if not is_seconds(close_timeout, allow_none=True):
+        errors.append(Error(
+            "HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT must be positive seconds or None "
+            f"(got {close_timeout!r}).",
+            hint="The default is 5.0; None leaves Daphne's own (1 s).",
+            id="heartbeat_app.E016",
+        ))
     return errors
 
 
