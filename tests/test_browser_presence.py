@@ -182,7 +182,11 @@ def test_typing_shows_on_the_other_page_and_is_throttled(server, pages):
     two.wait(row(one.key))
     started = time.monotonic()
     one.page.press("#hb-chat-text", "h")
-    line = two.wait("#hb-typing:not([hidden])")
+    try:
+        line = two.wait("#hb-typing:not([hidden])")
+    except Exception as error:
+        raise AssertionError(f"no typing line; one sent {one.sent[-5:]}, two received "
+                             f"{two.received[-8:]}") from error
     seen = time.monotonic() - started
     assert line.get_attribute("data-keys") == one.key
     assert line.inner_text().endswith("is typing…")
