@@ -68,3 +68,20 @@ async def discard_channels(layer, channel_prefix: str) -> int:
             if stale:
                 removed += await connection.zrem(key, *stale)
     return removed
+
+
+async def concurrently(calls, at_once: int = 64) -> list:
+    """Await ``calls`` (coroutines) a chunk at a time; their results, in order.
+
+    One after the other, a batch's group adds and room reads each took a loop
+    iteration, and under a storm an iteration takes tens of milliseconds: the
+    joins then fell seconds behind the accepts.
+    """
+    calls, results = list(calls), []
+    try:
+        for at in range(0, len(calls), at_once):
+            results += await asyncio.gather(*calls[at:at + at_once])
+    finally:
+        for call in calls[len(results) + at_once:]:
+            call.close()  # a chunk failed: the ones never started are not left unawaited
+    return results

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 #: The refusal of a join that would give a member more tabs in a room than
 #: PRESENCE_MAX_TABS_PER_MEMBER (the error code, as room_full is for PRESENCE_MAX_MEMBERS).
 ERR_TOO_MANY_TABS = "too_many_tabs"
@@ -34,28 +31,7 @@ class TokenBucket:
         return False
 
 
-async def rooms_over_tab_cap(rooms: list[str], key: str, tab: str, session: str, *,
-                             store, call: Callable[[str, Awaitable[Any]], Awaitable[Any]],
-                             cap: int | None) -> list[str]:
-    """The rooms of ``rooms`` where member ``key`` has ``cap`` tabs already (metas, any process).
-
-    Neither ``session`` itself nor a meta of the same ``tab`` counts: a reload replaces
-    that meta instead of adding one. One store read of the member's rooms; a room's
-    members are read only where the member has a meta already. ``call(op, coro)``
-    makes the store calls (the tracker's: timed, and StoreUnavailable when down).
-    Joins on their way at the same moment are not counted, so concurrent tabs may
-    pass the cap by the number of them.
-    """
-    if cap is None or not rooms:
-        return []
-    present = set(await call("rooms_of", store.rooms_of(key)))
-    over = []
-    for room in rooms:
-        if room not in present:
-            continue
-        members = await call("members", store.members(room))
-        metas = (members.get(key) or {}).get("metas", [])
-        if sum(1 for meta in metas
-               if meta.get("session") != session and meta.get("tab") != tab) >= cap:
-            over.append(room)
-    return over
+def over_tab_cap(entries: list[tuple[str, dict]], changes: list) -> set[tuple[str, str]]:
+    """The (room, session) of ``entries`` a join with ``tab_cap`` did not add (refused)."""
+    landed = {(c.room, c.meta.get("session")) for c in changes if c.joined}
+    return {(room, meta["session"]) for room, meta in entries} - landed

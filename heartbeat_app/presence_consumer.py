@@ -17,12 +17,11 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from . import conf, limits, presence_messages, protocol
+from . import limits, presence_messages, protocol
 from .lane import SignalLane
 from .protocol import CloseCode, CloseReason, LeaveReason
 from .runtime import get_runtime
 from .state import SessionState
-from .stores import StoreUnavailable
 from .tracker import Tracker, get_tracker
 
 logger = logging.getLogger(__name__)
@@ -104,19 +103,13 @@ class PresenceMixin:
             logger.warning("presence needs a channel layer: %s has none", type(self).__name__)
             return True
         self._presence_link(session, send, layer)
-        crowded = await self._presence_crowded(session, rooms)
-        if session.closed:
-            return False  # gone while the store was read: nothing to join
-        rooms = [room for room in rooms if room not in crowded]
         session.rooms = list(rooms)
         refused = await self._presence_tracker.join(
             session, rooms, self.get_presence_meta(), layer=layer, send=send,
-            fetch=self._presence_fetcher()) if rooms else []
+            fetch=self._presence_fetcher()) if rooms else {}
         # As a refused join frame: the connection stays open, in the rooms it could join.
-        for code, lost in ((limits.ERR_TOO_MANY_TABS, crowded),
-                           (presence_messages.ERR_ROOM_FULL, refused)):
-            for room in lost:
-                await send(presence_messages.refusal(code, room, JOIN_REFUSALS[code]))
+        for room, code in refused.items():
+            await send(presence_messages.refusal(code, room, JOIN_REFUSALS[code]))
         token = getattr(self, "heartbeat_anonymous_token", None)
         if token:
             # After the state: clients that read hello then presence_state are unchanged.
@@ -188,16 +181,6 @@ class PresenceMixin:
             return False
         return await self._presence_enter(room) is True
 
-    async def _presence_crowded(self, session: SessionState, rooms: list[str]) -> list[str]:
-        """The rooms where the session's member has PRESENCE_MAX_TABS_PER_MEMBER tabs already."""
-        tracker = self._presence_tracker
-        try:
-            return await limits.rooms_over_tab_cap(
-                rooms, session.user_key, session.tab, session.id, store=tracker.store,
-                call=tracker.calls.call, cap=conf.get("PRESENCE_MAX_TABS_PER_MEMBER"))
-        except StoreUnavailable:
-            return []  # not refused: the join waits for the store, as every join does
-
     async def _presence_enter(self, room: str) -> bool | str | None:
         """Join an allowed room: True, the refusal's code (JOIN_REFUSALS), or None when the
         session cannot."""
@@ -209,13 +192,11 @@ class PresenceMixin:
         if self._presence_tracker is None:
             self._presence_link(session, send, layer)
         was_in = room in session.rooms
-        if not was_in and await self._presence_crowded(session, [room]):
-            return limits.ERR_TOO_MANY_TABS
         refused = await self._presence_tracker.join(
             session, [room], self.get_presence_meta(), layer=layer, send=send,
             fetch=self._presence_fetcher())
         if room in refused:
-            return presence_messages.ERR_ROOM_FULL
+            return refused[room]
         if not was_in:
             await _maybe_await(self.presence_joined(room))
         return True

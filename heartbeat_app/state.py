@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .limits import TokenBucket
+from .protocol import LeaveReason
 
 # Weight of the newest sample in the smoothed round-trip time (as TCP's SRTT).
 RTT_SMOOTHING = 0.125
@@ -113,3 +114,24 @@ class SessionState:
 
     def __repr__(self) -> str:
         return f"<SessionState {self.id} tab={self.tab} closed={self.closed}>"
+
+
+#: What a consumer hands the tracker for the frames meant for its client.
+Send = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class LocalSession:
+    """A session of this process that takes part in presence (the tracker's record)."""
+
+    __slots__ = ("send", "layer", "state", "metas", "refreshed", "leave_at", "reason", "fetch")
+
+    def __init__(self, send: Send, layer, state: SessionState, metas: dict[str, dict],
+                 fetch: Any = None):
+        self.send = send
+        self.layer = layer
+        self.state = state
+        self.metas = metas
+        self.fetch = fetch  # the consumer's fetch_presence(room, members) hook
+        self.refreshed = 0.0
+        self.leave_at: float | None = None  # set while in its leave grace
+        self.reason = LeaveReason.CLOSED

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -25,11 +24,13 @@ from channels.layers import get_channel_layer
 from . import conf
 from .announcer import Announcer, Fetch
 from .instance import instance_id, instance_info
-from .layers import group_name
+from .layers import concurrently, group_name
+from .limits import ERR_TOO_MANY_TABS, over_tab_cap
+from .presence_messages import ERR_ROOM_FULL
 from .protocol import LeaveReason
 from .reaper import Reaper
 from .runtime import Runtime, Service, get_runtime
-from .state import SessionState
+from .state import LocalSession, Send, SessionState
 from .storecalls import StoreCalls
 from .stores import BaseStore, StoreUnavailable, get_store, new_ref
 
@@ -41,26 +42,6 @@ def ms(setting: str) -> int:
     return int(conf.get(setting) * 1000)
 
 
-Send = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class _Local:
-    """A session of this process that takes part in presence."""
-
-    __slots__ = ("send", "layer", "state", "metas", "refreshed", "leave_at", "reason", "fetch")
-
-    def __init__(self, send: Send, layer, state: SessionState, metas: dict[str, dict],
-                 fetch: Fetch | None = None):
-        self.send = send
-        self.layer = layer
-        self.state = state
-        self.metas = metas
-        self.fetch = fetch  # the consumer's fetch_presence(room, members) hook
-        self.refreshed = 0.0
-        self.leave_at: float | None = None  # set while in its leave grace
-        self.reason = LeaveReason.CLOSED
-
-
 class Tracker(Service):
     """Presence of every session on one event loop."""
 
@@ -70,7 +51,7 @@ class Tracker(Service):
         super().__init__(runtime)
         self.store = store or get_store()
         self.instance = instance_id()
-        self.local: dict[str, _Local] = {}
+        self.local: dict[str, LocalSession] = {}
         # Sessions whose metas changed: the rooms concerned, or None for all of them.
         self.dirty: dict[str, set[str] | None] = {}
         self.unsynced_leaves: list[tuple[str, str, str]] = []
@@ -106,8 +87,9 @@ class Tracker(Service):
     # Called by consumers -----------------------------------------------------
 
     async def join(self, state: SessionState, rooms: list[str], extra: dict[str, Any], *,
-                   layer, send: Send, fetch: Fetch | None = None) -> list[str]:
-        """Join a session to rooms; returns once their states went out, with the rooms refused.
+                   layer, send: Send, fetch: Fetch | None = None) -> dict[str, str]:
+        """Join a session to rooms; returns once their states went out, with the rooms
+        refused and why (room -> error code).
 
         Joins queue up and one task sends them all to the store in one round
         trip, reads each room once for all its joiners and sends their states.
@@ -116,11 +98,13 @@ class Tracker(Service):
         connection of its own. The handshake itself is over by then (accept went
         first); only the rest of the consumer's connect() waits. A room the session
         is in already is not joined again; its state is sent again. A room at
-        PRESENCE_MAX_MEMBERS is refused (returned).
+        PRESENCE_MAX_MEMBERS is refused ``room_full``; a member's tab past
+        PRESENCE_MAX_TABS_PER_MEMBER ``too_many_tabs``, counted by the store in the
+        step that adds the meta.
         """
         local = self.local.get(state.id)
         if local is None or local.leave_at is not None:
-            local = self.local[state.id] = _Local(send, layer, state, {}, fetch)
+            local = self.local[state.id] = LocalSession(send, layer, state, {}, fetch)
             local.refreshed = self.clock.monotonic()
         new = [room for room in rooms if room not in local.metas]
         for room in new:
@@ -137,7 +121,7 @@ class Tracker(Service):
         await asyncio.sleep(0)  # the joins of this loop iteration come along
         while self._joining:
             batch, self._joining = self._joining, []
-            refused: dict[int, list[str]] = {}
+            refused: dict[int, dict[str, str]] = {}
             try:
                 refused = await self._join_batch([item[:3] for item in batch])
             except Exception:
@@ -145,12 +129,12 @@ class Tracker(Service):
             finally:
                 for local, _, _, done in batch:
                     if not done.done():
-                        done.set_result(refused.get(id(local), []))
+                        done.set_result(refused.get(id(local), {}))
 
-    async def _join_batch(self, batch) -> dict[int, list[str]]:
+    async def _join_batch(self, batch) -> dict[int, dict[str, str]]:
         live = [(local, rooms, new) for local, rooms, new in batch if self._still_joining(local)]
         involved = sorted({room for _, rooms, _ in live for room in rooms})
-        refused: dict[int, list[str]] = {}
+        refused: dict[int, dict[str, str]] = {}
         try:
             if not self._beaten:
                 # The process beats before its first meta lands: one killed before its
@@ -162,25 +146,33 @@ class Tracker(Service):
                 for room in new:
                     if cap is not None and counts[room] >= cap:
                         del local.metas[room]
-                        refused.setdefault(id(local), []).append(room)
-                        continue
-                    await local.layer.group_add(group_name(room), local.state.channel)
+                        refused.setdefault(id(local), {})[room] = ERR_ROOM_FULL
             entries = [(room, local.metas[room]) for local, _, new in live
                        for room in new if room in local.metas and self._still_joining(local)]
-            changes = await self._call("join", self.store.join_many(entries, ms("PRESENCE_TTL")))
+            changes = await self._call("join", self.store.join_many(
+                entries, ms("PRESENCE_TTL"), tab_cap=conf.get("PRESENCE_MAX_TABS_PER_MEMBER")))
+            self._refuse_over_tab_cap(live, entries, changes, refused)
+            # Into the room's group once the meta landed (a refused session hears nothing
+            # of the room), before the state is read: what changes from here on comes as
+            # diffs, what changed before is in the state.
+            await concurrently(
+                local.layer.group_add(group_name(room), local.state.channel)
+                for local, _, new in live if self._still_joining(local)
+                for room in new if room in local.metas)
             self._queue(changes)
             for change in changes:
                 if change.member_changed:
                     counts[change.room] += 1 if change.joined else -1
-            states: dict[tuple[str, int], dict] = {}
+            wanted: dict[tuple[str, int], tuple[str, Fetch | None]] = {}
             for local, rooms, _ in live:
                 for room in rooms:
-                    key = (room, id(local.fetch))
-                    if key not in states and room in local.metas:
-                        states[key] = await self.announcer.room_state(room, counts[room],
-                                                                      local.fetch)
+                    if room in local.metas:
+                        wanted.setdefault((room, id(local.fetch)), (room, local.fetch))
                     if local.fetch is not None:
                         self.announcer.fetchers.setdefault(room, local.fetch)
+            read = await concurrently(self.announcer.room_state(room, counts[room], fetch)
+                                      for room, fetch in wanted.values())
+            states = dict(zip(wanted, read, strict=True))
         except StoreUnavailable:
             # Joined (and sent their state) at a later tick, or by the rebuild
             # when the store comes back from an outage.
@@ -200,7 +192,17 @@ class Tracker(Service):
                     await local.send(states[(room, id(local.fetch))])
         return refused
 
-    def _still_joining(self, local: _Local) -> bool:
+    def _refuse_over_tab_cap(self, live, entries, changes, refused) -> None:
+        dropped = over_tab_cap(entries, changes)
+        if not dropped:
+            return
+        for local, _, new in live:
+            for room in new:
+                if (room, local.state.id) in dropped:
+                    del local.metas[room]
+                    refused.setdefault(id(local), {})[room] = ERR_TOO_MANY_TABS
+
+    def _still_joining(self, local: LocalSession) -> bool:
         return local.leave_at is None and self.local.get(local.state.id) is local
 
     async def leave_room(self, state: SessionState, room: str) -> bool:
@@ -319,11 +321,11 @@ class Tracker(Service):
         self._beaten = True
         return missing
 
-    async def _send_state(self, local: _Local, room: str) -> None:
+    async def _send_state(self, local: LocalSession, room: str) -> None:
         count = await self._call("count", self.store.count(room))
         await local.send(await self.announcer.room_state(room, count, local.fetch))
 
-    def _live(self) -> list[_Local]:
+    def _live(self) -> list[LocalSession]:
         return [local for local in self.local.values() if local.leave_at is None]
 
     async def _rebuild(self) -> None:
@@ -375,7 +377,7 @@ class Tracker(Service):
             if local.leave_at <= now:
                 await self._finish_leave(local)
 
-    async def _finish_leave(self, local: _Local) -> None:
+    async def _finish_leave(self, local: LocalSession) -> None:
         self.local.pop(local.state.id, None)
         self.dirty.pop(local.state.id, None)
         for room in local.metas:

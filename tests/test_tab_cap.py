@@ -1,10 +1,10 @@
-"""The tab cap's count (limits.rooms_over_tab_cap) on the memory store and the real Redis."""
+"""The tab cap, counted by the store in the step that adds a meta: memory store and real Redis."""
 
+import asyncio
 import uuid
 
 import pytest
 
-from heartbeat_app.limits import rooms_over_tab_cap
 from heartbeat_app.stores import MemoryStore
 from heartbeat_app.stores.redis import RedisStore
 
@@ -28,48 +28,54 @@ def meta(session, key, tab):
             "online_at": 0, "ref": f"r-{session}"}
 
 
-class Calls:
-    """The ``call`` the tracker hands over, recording the operations made."""
-
-    def __init__(self):
-        self.ops = []
-
-    async def __call__(self, op, coro):
-        self.ops.append(op)
-        return await coro
+async def sessions(store, room, key):
+    members = await store.members(room)
+    return sorted(m["session"] for m in (members.get(key) or {}).get("metas", []))
 
 
-async def over(store, rooms, key="1", tab="new", session="s-new", cap=2):
-    calls = Calls()
-    refused = await rooms_over_tab_cap(rooms, key, tab, session, store=store, call=calls,
-                                       cap=cap)
-    return refused, calls.ops
-
-
-async def test_a_member_at_the_cap_is_over_it_in_that_room_only(store):
+async def test_a_member_at_the_cap_is_refused_in_that_room_only(store):
     for n, room in [(1, "full"), (2, "full"), (3, "half")]:
-        await store.join(room, meta(f"s{n}", "1", f"t{n}"), TTL)
-    await store.join("full", meta("x1", "2", "t1"), TTL)  # another member's tabs never count
-    await store.join("full", meta("x2", "2", "t2"), TTL)
-    assert await over(store, ["full", "half", "empty"]) == (
-        ["full"], ["rooms_of", "members", "members"])
-    # Another member, at the same room, has two tabs too.
-    assert (await over(store, ["full"], key="2"))[0] == ["full"]
-    assert (await over(store, ["full"], key="3"))[0] == []
-    assert (await over(store, ["full"], cap=3))[0] == []
+        assert await store.join(room, meta(f"s{n}", "1", f"t{n}"), TTL, tab_cap=2)
+    # Another member's tabs never count.
+    assert await store.join("full", meta("x1", "2", "t1"), TTL, tab_cap=2)
+    assert await store.join("full", meta("x2", "2", "t2"), TTL, tab_cap=2)
+    assert await store.join("full", meta("s9", "1", "t9"), TTL, tab_cap=2) == []
+    assert await sessions(store, "full", "1") == ["s1", "s2"]  # nothing changed
+    assert await store.join("half", meta("s8", "1", "t8"), TTL, tab_cap=2)
+    assert await store.join("full", meta("s7", "1", "t7"), TTL, tab_cap=3)
+    assert await store.join("full", meta("s6", "1", "t6"), TTL)  # no cap
+    assert await sessions(store, "full", "1") == ["s1", "s2", "s6", "s7"]
 
 
-async def test_a_reload_of_a_tab_and_the_session_itself_never_count(store):
-    await store.join("lobby", meta("s1", "1", "t1"), TTL)
-    await store.join("lobby", meta("s2", "1", "t2"), TTL)
-    assert (await over(store, ["lobby"], tab="t2"))[0] == []  # replaces t2's meta
-    assert (await over(store, ["lobby"], session="s2", tab="t9"))[0] == []
-    assert (await over(store, ["lobby"], tab="t3"))[0] == ["lobby"]
+async def test_a_reload_of_a_tab_and_the_session_itself_are_never_refused(store):
+    await store.join("lobby", meta("s1", "1", "t1"), TTL, tab_cap=2)
+    await store.join("lobby", meta("s2", "1", "t2"), TTL, tab_cap=2)
+    reload = await store.join("lobby", meta("s3", "1", "t2"), TTL, tab_cap=2)
+    assert [(c.meta["session"], c.joined) for c in reload] == [("s2", False), ("s3", True)]
+    again = await store.join("lobby", meta("s3", "1", "t2"), TTL, tab_cap=2)
+    assert [c.joined for c in again] == [False, True]
+    assert await store.join("lobby", meta("s4", "1", "t4"), TTL, tab_cap=2) == []
+    assert await sessions(store, "lobby", "1") == ["s1", "s3"]
 
 
-async def test_a_member_present_nowhere_costs_one_read_and_no_cap_costs_none(store):
-    for n in range(5):
-        await store.join("big", meta(f"s{n}", f"k{n}", "t"), TTL)
-    assert await over(store, ["big", "other"], key="newcomer") == ([], ["rooms_of"])
-    assert await over(store, ["big"], key="k1", cap=None) == ([], [])
-    assert await over(store, [], key="k1") == ([], [])
+async def test_a_leave_makes_room_for_another_tab(store):
+    await store.join("lobby", meta("s1", "1", "t1"), TTL, tab_cap=1)
+    assert await store.join("lobby", meta("s2", "1", "t2"), TTL, tab_cap=1) == []
+    await store.leave("lobby", "s1", "closed")
+    assert await store.join("lobby", meta("s2", "1", "t2"), TTL, tab_cap=1)
+
+
+async def test_many_joins_at_once_never_pass_the_cap(store):
+    """One batch, and batches from two stores at once, as two processes: at most the cap."""
+    entries = [("lobby", meta(f"s{n}", "1", f"t{n}")) for n in range(6)]
+    changes = await store.join_many(entries, TTL, tab_cap=3)
+    assert sorted(c.meta["session"] for c in changes if c.joined) == ["s0", "s1", "s2"]
+    if isinstance(store, RedisStore):
+        other = RedisStore(store.url, prefix=store.prefix)
+        try:
+            more = [("busy", meta(f"p{n}", "1", f"t{n}")) for n in range(8)]
+            await asyncio.gather(store.join_many(more[:4], TTL, tab_cap=3),
+                                 other.join_many(more[4:], TTL, tab_cap=3))
+        finally:
+            await other.close()
+        assert len(await sessions(store, "busy", "1")) == 3

@@ -57,16 +57,23 @@ class BaseStore:
     """The contract every presence store implements (all methods async)."""
 
     async def join(self, room: str, meta: dict[str, Any], ttl_ms: int,
-                   now_ms: int | None = None) -> list[Change]:
-        """Add a session's meta to a room. A live meta of the same member and tab is replaced."""
+                   now_ms: int | None = None, *, tab_cap: int | None = None) -> list[Change]:
+        """Add a session's meta to a room. A live meta of the same member and tab is replaced.
+
+        With ``tab_cap``, a meta that would give its member more than that many in the
+        room is not added and nothing changes (``[]``): the count and the add are one
+        step, so tabs joining at once on several processes never pass the cap. A meta
+        that replaces one (the same session, or a reload of the same tab) always lands.
+        """
         raise NotImplementedError
 
     async def join_many(self, entries: list[tuple[str, dict[str, Any]]], ttl_ms: int,
-                        now_ms: int | None = None) -> list[Change]:
+                        now_ms: int | None = None, *,
+                        tab_cap: int | None = None) -> list[Change]:
         """``join()`` for many (room, meta) pairs, in one round trip where the store can."""
         changes: list[Change] = []
         for room, meta in entries:
-            changes += await self.join(room, meta, ttl_ms, now_ms)
+            changes += await self.join(room, meta, ttl_ms, now_ms, tab_cap=tab_cap)
         return changes
 
     async def leave(self, room: str, session: str, reason: str,

@@ -56,7 +56,7 @@ class MemoryStore(BaseStore):
             del self._rooms[room], self._counts[room], self._tabs[room]
         return [Change(room, meta["key"], meta, False, reason, last)]
 
-    async def join(self, room, meta, ttl_ms, now_ms=None):
+    async def join(self, room, meta, ttl_ms, now_ms=None, *, tab_cap=None):
         now = self._now(now_ms)
         meta = dict(meta)
         changes: list[Change] = []
@@ -77,6 +77,8 @@ class MemoryStore(BaseStore):
                     Change(room, meta["key"], meta, True, "", False)]
         if replaced is not None:
             changes += self._remove(room, replaced["session"], LeaveReason.REPLACED)
+        elif tab_cap is not None and self._counts.get(room, {}).get(meta["key"], 0) >= tab_cap:
+            return []  # the member has tab_cap tabs here already
         first = self._add(room, meta, now + ttl_ms)
         changes.append(Change(room, meta["key"], meta, True, "", first))
         return changes

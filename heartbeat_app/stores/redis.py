@@ -76,8 +76,8 @@ class RedisStore(BaseStore):
         return "" if now_ms is None else str(int(now_ms))
 
     def _join_changes(self, room: str, reply: list) -> list[Change]:
-        if not reply:
-            return []
+        if len(reply) < 5:
+            return []  # not present (an update), or over the tab cap
         old_raw, reason, old_last, new_raw, first = reply
         changes = []
         new = json.loads(new_raw)
@@ -87,12 +87,12 @@ class RedisStore(BaseStore):
         changes.append(Change(room, new["key"], new, True, "", bool(int(first))))
         return changes
 
-    async def join(self, room, meta, ttl_ms, now_ms=None):
+    async def join(self, room, meta, ttl_ms, now_ms=None, *, tab_cap=None):
         reply = await self._run("join", [room, json.dumps(meta), int(ttl_ms),
-                                         self._now_arg(now_ms), "0"])
+                                         self._now_arg(now_ms), "0", _cap_arg(tab_cap)])
         return self._join_changes(room, reply)
 
-    async def join_many(self, entries, ttl_ms, now_ms=None):
+    async def join_many(self, entries, ttl_ms, now_ms=None, *, tab_cap=None):
         if not entries:
             return []
         client, scripts = self._client()
@@ -102,7 +102,7 @@ class RedisStore(BaseStore):
                 for room, meta in entries:
                     await scripts["join"](keys=[], args=[
                         self.prefix, room, json.dumps(meta), int(ttl_ms),
-                        self._now_arg(now_ms), "0"], client=pipe)
+                        self._now_arg(now_ms), "0", _cap_arg(tab_cap)], client=pipe)
                 replies = await pipe.execute()
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
@@ -225,3 +225,7 @@ class RedisStore(BaseStore):
         keys = [key async for key in client.scan_iter(match=f"{self.prefix}:*", count=500)]
         if keys:
             await client.delete(*keys)
+
+
+def _cap_arg(tab_cap: int | None) -> str:
+    return "" if tab_cap is None else str(int(tab_cap))

@@ -65,8 +65,9 @@ local function place(room, meta, raw, expires)
 end
 """
 
-# ARGV: P, room, meta, ttl, now, only_if_present
-# Returns {old meta or '', reason or '', old member left (0/1), new meta, first (0/1)}.
+# ARGV: P, room, meta, ttl, now, only_if_present, tab cap ('' for none)
+# Returns {old meta or '', reason or '', old member left (0/1), new meta, first (0/1)},
+# {} when only_if_present finds no meta, {'over'} when the tab cap refuses the meta.
 _JOIN = _PRELUDE + r"""
 local room, raw, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms(ARGV[5])
@@ -101,6 +102,10 @@ if old_raw then
   redis.call('HINCRBY', P .. ':u:' .. meta.key, room, 1)
   place(room, meta, raw, now + ttl)
   return {removed[1], @REPLACED@, removed[2], raw, first}
+end
+local cap = tonumber(ARGV[7] or '')
+if cap and tonumber(redis.call('HGET', rk(room, 'k'), meta.key) or '0') >= cap then
+  return {'over'}
 end
 local first = 0
 if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
