@@ -28,6 +28,15 @@ WARM = 100
 PER_PROCESS = 5000
 
 
+
+def _tally(dicts) -> dict[str, int]:
+    """Refusals of every client process, summed by close code."""
+    total: dict[str, int] = {}
+    for d in dicts:
+        for code, n in d.items():
+            total[str(code)] = total.get(str(code), 0) + n
+    return total
+
 def gc_pauses(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"gc gen2 pause ([0-9.]+) ms", log)]
 
@@ -67,11 +76,14 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False
             rec.update(
                 connected=ok, failed=sum(a["failed"] for a in answers),
                 errors=[a["errors"] for a in answers if a["errors"]],
+                refusals=_tally(a.get("refusals", {}) for a in answers),
+                hint_p50_ms=bl.pct([x for a in answers for x in a.get("hints_ms", [])], 50),
                 ramp_s=t1 - t0, connect_rate=(ok - WARM) / (t1 - t0),
                 cpu_ms_per_connect=(c1 - c0) / max(1, ok - WARM) * 1000,
                 handshake_p50_ms=bl.pct([x for a in answers for x in a["connect_ms"]], 50),
                 handshake_p99_ms=bl.pct([x for a in answers for x in a["connect_ms"]], 99))
-            print(variant, "connected", ok, f"in {t1 - t0:.1f} s", flush=True)
+            print(variant, "connected", ok, f"in {t1 - t0:.1f} s, refused before hello "
+                  f"{rec['refusals'] or 'never'}", flush=True)
             time.sleep(5)
             rss = server.rss()
             rec["rss_mb"] = rss / 2**20

@@ -176,7 +176,8 @@ class Load:
         ok = sum(1 for c in self.clients if c is not None and c.is_open)
         return {"event": "connected", "ok": ok, "failed": len(self.clients) - ok,
                 "errors": self.errors, "t0": t0, "t1": time.time(),
-                "connect_ms": self.connect_ms}
+                "connect_ms": self.connect_ms, "refusals": self.refusals,
+                "hints_ms": self.hints_ms}
 
     async def reconnect(self, i, hint_ms=None):
         """heartbeat.js after a close: wait backoff(attempt) + the hint, try, repeat."""

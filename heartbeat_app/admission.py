@@ -145,11 +145,15 @@ class Ticket:
 def held(scope):
     """Keep the handshake in flight for the gate until the block is done.
 
-    The mixin holds it over accept, ``hello`` and the presence joins: a process
-    whose joins fall behind its accepts then refuses (4013) instead of greeting
-    tabs whose presence reaches the store after their old process's grace.
+    The mixin holds it over accept, ``hello`` and the presence joins when
+    HEARTBEAT_HOLD_UNTIL_JOINED is on: a process whose joins fall behind its
+    accepts then refuses (4013) instead of greeting tabs whose presence reaches the
+    store after their old process's grace. Off by default: each refusal is a
+    handshake too (accepted, told, closed), and on a saturated process they slowed
+    the joins further, a loop that cut the capacity ramp with Redis from 370 to
+    about 100 handshakes a second (docs/deployment.md).
     """
-    ticket = scope.get(TICKET)
+    ticket = scope.get(TICKET) if conf.get("HEARTBEAT_HOLD_UNTIL_JOINED") else None
     if ticket is not None:
         ticket.held = True
     try:

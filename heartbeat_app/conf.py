@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_MAX_HANDSHAKES": 128,
     # Handshakes per second a process admits, sustained; None: only the in-flight cap.
     "HEARTBEAT_CONNECT_RATE": None,
+    # Keep a handshake's admission slot until its presence joins are done, not only until
+    # accept: fewer tabs greeted before their presence lands, but refusals under load.
+    "HEARTBEAT_HOLD_UNTIL_JOINED": False,
     # Milliseconds: the shortest retry hint a refused or drained client is given.
     "HEARTBEAT_RETRY_MIN_MS": 500,
     # Seconds over which a draining process spreads its clients' return (their retry hints);

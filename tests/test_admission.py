@@ -3,6 +3,7 @@
 import asyncio
 import json
 
+import pytest
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 
@@ -165,10 +166,15 @@ class SlowRoom(HeartbeatMixin, AsyncJsonWebsocketConsumer):
         return True
 
 
-async def test_a_handshake_stays_in_flight_until_its_presence_joins_are_done(
-        settings, make_runtime):
-    """Accept alone does not free the slot: the gate counts it until presence caught up."""
+@pytest.mark.parametrize("hold", [True, False])
+async def test_a_handshake_stays_in_flight_until_its_presence_joins_are_done_if_held(
+        settings, make_runtime, hold):
+    """HEARTBEAT_HOLD_UNTIL_JOINED: accept alone does not free the slot, presence does.
+
+    Off (the default), the slot is free once the handshake is accepted.
+    """
     settings.PRESENCE_STORE = "memory"
+    settings.HEARTBEAT_HOLD_UNTIL_JOINED = hold
     runtime = make_runtime()
     gate = runtime.service(Gate)
     release = asyncio.Event()
@@ -176,7 +182,8 @@ async def test_a_handshake_stays_in_flight_until_its_presence_joins_are_done(
     connected, _ = await communicator.connect()
     assert connected
     assert (await communicator.receive_json_from())["type"] == "hello"
-    assert gate.in_flight == 1  # greeted, but its presence is not in the store yet
+    # Greeted, but its presence is not in the store yet.
+    assert gate.in_flight == (1 if hold else 0)
     release.set()
     state = await communicator.receive_json_from()
     assert state["type"] == "presence_state"

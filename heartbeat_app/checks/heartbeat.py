@@ -185,11 +185,15 @@ def _check_restarts() -> list:
         ))
     cap = conf.get("HEARTBEAT_MAX_HANDSHAKES")
     rate = conf.get("HEARTBEAT_CONNECT_RATE")
-    if not is_count(cap, allow_none=True) or not is_seconds(rate, allow_none=True):
+    hold = conf.get("HEARTBEAT_HOLD_UNTIL_JOINED")
+    if (not is_count(cap, allow_none=True) or not is_seconds(rate, allow_none=True)
+            or not isinstance(hold, bool)):
         errors.append(Error(
-            "HEARTBEAT_MAX_HANDSHAKES must be a positive integer or None, and "
-            f"HEARTBEAT_CONNECT_RATE a positive number or None (got {cap!r} and {rate!r}).",
-            hint="The defaults are 128 handshakes in flight and no rate limit.",
+            "HEARTBEAT_MAX_HANDSHAKES must be a positive integer or None, "
+            "HEARTBEAT_CONNECT_RATE a positive number or None, and "
+            "HEARTBEAT_HOLD_UNTIL_JOINED a boolean "
+            f"(got {cap!r}, {rate!r} and {hold!r}).",
+            hint="The defaults are 128 handshakes in flight, no rate limit and False.",
             id="heartbeat_app.E012",
         ))
     retry = conf.get("HEARTBEAT_RETRY_MIN_MS")
