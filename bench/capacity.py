@@ -29,6 +29,16 @@ PER_PROCESS = 5000
 
 
 
+def _refusals(run: dict) -> str:
+    if "refusals" not in run:
+        return "not counted"
+    if not run["refusals"]:
+        return "none"
+    text = ", ".join(f"{n:,} × {code}" for code, n in sorted(run["refusals"].items()))
+    hint = run.get("hint_p50_ms")
+    return text + (f" (hint p50 {hint:,} ms)" if hint is not None else "")
+
+
 def _tally(dicts) -> dict[str, int]:
     """Refusals of every client process, summed by close code."""
     total: dict[str, int] = {}
@@ -224,15 +234,15 @@ def render(data, name="capacity"):
         f"pings a bare consumer on the same server every 50 ms, and a false zombie is any "
         f"'silent for' line in the server log.", "",
         f"![Memory per session and responsiveness during the soak](img/bench-{name}.png)", "",
-        "| variant | connected | failed | connect rate | CPU per connect | handshake p50 / "
-        "p99 | RSS | RSS per session | vs bare |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | connected | failed | refused before hello (retried) | connect rate | "
+        "CPU per connect | handshake p50 / p99 | RSS | RSS per session | vs bare |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         ratio = r["kib_per_session"] / bare["kib_per_session"] if bare else None
         lines.append(
             f"| {LABELS[r['variant']]} | {r['connected']:,} | {r['failed']} | "
-            f"{r['connect_rate']:,.0f}/s | {r['cpu_ms_per_connect']:.2f} ms | "
+            f"{_refusals(r)} | {r['connect_rate']:,.0f}/s | {r['cpu_ms_per_connect']:.2f} ms | "
             f"{bl.fmt(r['handshake_p50_ms'])} / {bl.fmt(r['handshake_p99_ms'])} ms | "
             f"{r['rss_mb']:.0f} MB | {r['kib_per_session']:.1f} KiB | "
             f"{bl.fmt(ratio, 2) + '×' if ratio else '–'} |")
