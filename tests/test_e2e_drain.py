@@ -294,7 +294,9 @@ def _has_close_frame(frames: bytes) -> bool:
 
 
 @pytest.mark.parametrize("setting, waits_at_least, waits_under", [
-    ("3", 2.5, None),     # the app's setting: a client has 3 s to answer a close frame
+    # The app's setting: a client has 5 s to answer a close frame (counted from queuing
+    # it: under load the frame goes out later, so the bound leaves room).
+    ("5", 2.5, None),
     ("none", None, 2.5),  # Daphne's own: a second, then a reset
 ])
 async def test_daphne_gives_a_close_answer_the_time_the_setting_says(
@@ -328,7 +330,7 @@ async def test_daphne_gives_a_close_answer_the_time_the_setting_says(
             assert got.startswith(b"HTTP/1.1 101"), got[:40]
             assert b'"code":4013' in got.replace(b" ", b""), got  # the notice, with its hint
             # Not answered: the server ends the connection when its timeout runs out.
-            ending = await first_bytes(sock, 1, timeout=20)
+            ending = await first_bytes(sock, 1, timeout=20)  # scaled inside
             waited = time.monotonic() - closed_at
         finally:
             sock.close()

@@ -67,7 +67,7 @@ end
 
 # ARGV: P, room, meta, ttl, now, only_if_present, tab cap ('' for none)
 # Returns {old meta or '', reason or '', old member left (0/1), new meta, first (0/1)},
-# {} when only_if_present finds no meta, {'over'} when the tab cap refuses the meta.
+# {} when only_if_present finds no meta, {0} when the tab cap refuses the meta.
 _JOIN = _PRELUDE + r"""
 local room, raw, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms(ARGV[5])
@@ -105,7 +105,7 @@ if old_raw then
 end
 local cap = tonumber(ARGV[7] or '')
 if cap and tonumber(redis.call('HGET', rk(room, 'k'), meta.key) or '0') >= cap then
-  return {'over'}
+  return {0}
 end
 local first = 0
 if redis.call('HINCRBY', rk(room, 'k'), meta.key, 1) == 1 then first = 1 end
