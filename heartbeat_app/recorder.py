@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,7 +181,7 @@ class Recorder(Service):
         updates = await self._rows(due)
         closes = dict(self.closes)
         try:
-            await database_sync_to_async(write)(
+            await database_sync_to_async(write, thread_sensitive=False, executor=_writer())(
                 opens, updates, list(closes.values()), len(self.local), _dt(now),
                 stopped=final, sweep=sweep)
         except Exception as exc:
@@ -234,6 +235,23 @@ def write(opens: list, updates: list, closes: list, session_count: int, now: dat
             upsert(rows)
         if sweep:
             reconcile(now)
+
+
+_executor: dict[str, ThreadPoolExecutor] = {}
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The thread the session rows are written from, one per process.
+
+    Not Django's thread-sensitive one: Channels awaits that thread for every message
+    a consumer receives (``aclose_old_connections`` before each handler), so a
+    checkpoint's upsert there held up every session's frames, pongs included, for
+    as long as the statement ran.
+    """
+    pool = _executor.get("pool")
+    if pool is None:
+        pool = _executor["pool"] = ThreadPoolExecutor(1, thread_name_prefix="heartbeat-rows")
+    return pool
 
 
 def _as_row(row) -> Row:
