@@ -149,8 +149,8 @@ class Tracker(Service):
                         refused.setdefault(id(local), {})[room] = ERR_ROOM_FULL
             entries = [(room, local.metas[room]) for local, _, new in live
                        for room in new if room in local.metas and self._still_joining(local)]
-            changes = await self._call("join", self.store.join_many(
-                entries, ms("PRESENCE_TTL"), tab_cap=conf.get("PRESENCE_MAX_TABS_PER_MEMBER")))
+            changes = await self._call("join", self.store.join_capped(
+                entries, ms("PRESENCE_TTL"), conf.get("PRESENCE_MAX_TABS_PER_MEMBER")))
             self._refuse_over_tab_cap(live, entries, changes, refused)
             # Into the room's group once the meta landed (a refused session hears nothing
             # of the room), before the state is read: what changes from here on comes as

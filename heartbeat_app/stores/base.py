@@ -13,6 +13,7 @@ backend its injectable clock.
 
 from __future__ import annotations
 
+import inspect
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +73,38 @@ class BaseStore:
                         tab_cap: int | None = None) -> list[Change]:
         """``join()`` for many (room, meta) pairs, in one round trip where the store can."""
         changes: list[Change] = []
+        capped = tab_cap is not None and _takes_tab_cap(type(self).join)
         for room, meta in entries:
-            changes += await self.join(room, meta, ttl_ms, now_ms, tab_cap=tab_cap)
+            if capped:
+                changes += await self.join(room, meta, ttl_ms, now_ms, tab_cap=tab_cap)
+            elif tab_cap is None or not await self._at_tab_cap(room, meta, tab_cap):
+                changes += await self.join(room, meta, ttl_ms, now_ms)
         return changes
+
+    async def join_capped(self, entries: list[tuple[str, dict[str, Any]]], ttl_ms: int,
+                          tab_cap: int | None) -> list[Change]:
+        """``join_many()`` with the tab cap, for stores written before it too (the tracker's call).
+
+        A store whose ``join_many``/``join`` take no ``tab_cap`` (a subclass written
+        before it) has the cap counted from ``members()`` before each join: correct
+        for one process, not atomic across several.
+        """
+        if tab_cap is None:
+            return await self.join_many(entries, ttl_ms)
+        if _takes_tab_cap(type(self).join_many):
+            return await self.join_many(entries, ttl_ms, tab_cap=tab_cap)
+        changes: list[Change] = []
+        for room, meta in entries:  # one by one: each counts the ones before it
+            if not await self._at_tab_cap(room, meta, tab_cap):
+                changes += await self.join_many([(room, meta)], ttl_ms)
+        return changes
+
+    async def _at_tab_cap(self, room: str, meta: dict[str, Any], tab_cap: int) -> bool:
+        metas = ((await self.members(room)).get(meta["key"]) or {}).get("metas", [])
+        if any(m.get("session") == meta["session"] or m.get("tab") == meta.get("tab")
+               for m in metas):
+            return False  # it replaces one of them
+        return len(metas) >= tab_cap
 
     async def leave(self, room: str, session: str, reason: str,
                     now_ms: int | None = None) -> list[Change]:
@@ -134,3 +164,10 @@ def group_members(metas: list[dict[str, Any]]) -> dict[str, dict]:
     for meta in metas:
         members.setdefault(meta["key"], {"metas": []})["metas"].append(meta)
     return members
+
+
+def _takes_tab_cap(method) -> bool:
+    try:
+        return "tab_cap" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
