@@ -301,6 +301,19 @@ class PresenceMixin:
             await get_runtime().service(SignalLane).send(
                 session, self._presence_layer, room, request.event, request.data)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Handle the layer's presence messages directly, the rest as Channels does.
+
+        Channels awaits ``aclose_old_connections()`` before every handler: a hop through
+        Django's one thread-sensitive thread, for every member of a room at every diff,
+        signal and count, queued behind whatever else that thread runs. These handlers
+        touch no database; one a subclass overrides keeps Channels' way.
+        """
+        name = _OWN_HANDLERS.get(message.get("type"))
+        if name is not None and getattr(type(self), name) is getattr(PresenceMixin, name):
+            return await getattr(self, name)(message)
+        return await super().dispatch(message)
+
     async def presence_broadcast(self, event: dict[str, Any]) -> None:
         """Forward a signal from another session of the room (never the sender's own)."""
         session, send = self._presence_session, self._presence_send
@@ -329,6 +342,10 @@ class PresenceMixin:
             # of an older release, during a rolling upgrade).
             await send(protocol.presence_diff(event["room"], event["joins"], event["leaves"],
                                               event.get("seq"), event.get("origin")))
+
+
+_OWN_HANDLERS = {"presence.broadcast": "presence_broadcast", "presence.count": "presence_count",
+                 "presence.diff": "presence_diff"}
 
 
 async def _maybe_await(value):

@@ -348,3 +348,35 @@ async def test_no_tab_cap_reads_nothing_more_from_the_store(settings):
     assert len((await presence.amembers("lobby"))["1"]["metas"]) == 12
     for c in tabs:
         await c.disconnect()
+
+
+async def test_presence_messages_skip_channels_database_hop_and_others_keep_it(monkeypatch):
+    """presence.diff/count/broadcast run at once; an app's own message, or a handler the
+    app overrides, still gets Channels' aclose_old_connections() first."""
+    import channels.consumer
+
+    hops = []
+
+    async def counted():
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    seen = []
+
+    class Room(HeartbeatMixin, AsyncJsonWebsocketConsumer):
+        async def chat_message(self, event):
+            seen.append(event["type"])
+
+    class Overriding(Room):
+        async def presence_count(self, event):
+            seen.append(event["type"])
+
+    room = Room()
+    for kind in ("presence.diff", "presence.count", "presence.broadcast"):
+        await room.dispatch({"type": kind, "room": "lobby", "joins": {}, "leaves": {},
+                             "count": 1, "event": "typing", "from": "k", "data": {}})
+    assert hops == []
+    await room.dispatch({"type": "chat.message"})
+    assert (hops, seen) == ([1], ["chat.message"])
+    await Overriding().dispatch({"type": "presence.count", "room": "lobby", "count": 1})
+    assert (hops, seen) == ([1, 1], ["chat.message", "presence.count"])
