@@ -150,8 +150,8 @@ def held(scope):
     accepts then refuses (4013) instead of greeting tabs whose presence reaches the
     store after their old process's grace. Off by default: each refusal is a
     handshake too (accepted, told, closed), and on a saturated process they slowed
-    the joins further, a loop that cut the capacity ramp with Redis from 370 to
-    about 100 handshakes a second (docs/deployment.md).
+    the joins further: 3,000 sessions with Redis took 43.5 s to connect instead of
+    6.5 s (docs/deployment.md).
     """
     ticket = scope.get(TICKET) if conf.get("HEARTBEAT_HOLD_UNTIL_JOINED") else None
     if ticket is not None:

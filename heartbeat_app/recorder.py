@@ -12,6 +12,7 @@ up when it is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -237,9 +238,7 @@ def write(opens: list, updates: list, closes: list, session_count: int, now: dat
             reconcile(now)
 
 
-_executor: dict[str, ThreadPoolExecutor] = {}
-
-
+@functools.cache
 def _writer() -> ThreadPoolExecutor:
     """The thread the session rows are written from, one per process.
 
@@ -248,10 +247,7 @@ def _writer() -> ThreadPoolExecutor:
     checkpoint's upsert there held up every session's frames, pongs included, for
     as long as the statement ran.
     """
-    pool = _executor.get("pool")
-    if pool is None:
-        pool = _executor["pool"] = ThreadPoolExecutor(1, thread_name_prefix="heartbeat-rows")
-    return pool
+    return ThreadPoolExecutor(1, thread_name_prefix="heartbeat-rows")
 
 
 def _as_row(row) -> Row:

@@ -152,13 +152,8 @@ class Tracker(Service):
             changes = await self._call("join", self.store.join_capped(
                 entries, ms("PRESENCE_TTL"), conf.get("PRESENCE_MAX_TABS_PER_MEMBER")))
             self._refuse_over_tab_cap(live, entries, changes, refused)
-            # Into the room's group once the meta landed (a refused session hears nothing
-            # of the room), before the state is read: what changes from here on comes as
-            # diffs, what changed before is in the state.
-            await concurrently(
-                local.layer.group_add(group_name(room), local.state.channel)
-                for local, _, new in live if self._still_joining(local)
-                for room in new if room in local.metas)
+            await self._into_groups((local for local, _, _ in live if self._still_joining(local)),
+                                    {id(local): new for local, _, new in live})
             self._queue(changes)
             for change in changes:
                 if change.member_changed:
@@ -194,13 +189,19 @@ class Tracker(Service):
 
     def _refuse_over_tab_cap(self, live, entries, changes, refused) -> None:
         dropped = over_tab_cap(entries, changes)
-        if not dropped:
-            return
-        for local, _, new in live:
-            for room in new:
-                if (room, local.state.id) in dropped:
-                    del local.metas[room]
-                    refused.setdefault(id(local), {})[room] = ERR_TOO_MANY_TABS
+        for local, room in [(lo, r) for lo, _, new in live for r in new
+                            if (r, lo.state.id) in dropped]:
+            del local.metas[room]
+            refused.setdefault(id(local), {})[room] = ERR_TOO_MANY_TABS
+
+    async def _into_groups(self, locals_, rooms_of: dict[int, list[str]] | None = None) -> None:
+        # After the store has the metas (a refused session hears nothing of the room),
+        # before the states are read; a join an outage held back, once it is written.
+        await concurrently(
+            local.layer.group_add(group_name(room), local.state.channel)
+            for local in locals_
+            for room in (local.metas if rooms_of is None else rooms_of[id(local)])
+            if room in local.metas)
 
     def _still_joining(self, local: LocalSession) -> bool:
         return local.leave_at is None and self.local.get(local.state.id) is local
@@ -330,7 +331,7 @@ class Tracker(Service):
 
     async def _rebuild(self) -> None:
         self.calls.rebuild_needed = False
-        self.unsynced_joins.clear()  # every live session is joined again below
+        unsynced, self.unsynced_joins = self.unsynced_joins, set()  # all joined again below
         done = 0  # the replayed prefix, dropped in one slice: O(n), not a remove() per leave
         try:
             for room, session, reason in self.unsynced_leaves[:]:
@@ -342,6 +343,7 @@ class Tracker(Service):
             for room, meta in local.metas.items():
                 self._queue(await self._call("join", self.store.join(
                     room, meta, ms("PRESENCE_TTL"))))
+        await self._into_groups(local for local in self._live() if local.state.id in unsynced)
         for local in self._live():
             for room in local.metas:
                 await self._send_state(local, room)
@@ -353,6 +355,8 @@ class Tracker(Service):
                 for room, meta in local.metas.items():
                     self._queue(await self._call("join", self.store.join(
                         room, meta, ms("PRESENCE_TTL"))))
+                await self._into_groups([local])
+                for room in local.metas:
                     await self._send_state(local, room)
             self.unsynced_joins.discard(session_id)
 

@@ -81,3 +81,48 @@ async def test_a_store_failing_again_keeps_exactly_the_leaves_not_replayed(outag
     assert store.left == [*leaves, late]
     assert active.unsynced_leaves == []
     assert await store.rooms() == {}
+
+
+class DownStore(MemoryStore):
+    """The memory store with its joins failing while ``down``."""
+
+    down = True
+
+    async def join_many(self, entries, ttl_ms, now_ms=None, *, tab_cap=None):
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        return await super().join_many(entries, ttl_ms, now_ms, tab_cap=tab_cap)
+
+    async def join(self, room, meta, ttl_ms, now_ms=None, *, tab_cap=None):
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        return await super().join(room, meta, ttl_ms, now_ms, tab_cap=tab_cap)
+
+
+@pytest.mark.parametrize("back_by", ["tick", "rebuild"])
+async def test_a_join_the_outage_held_back_is_in_the_rooms_group_once_written(
+        make_runtime, back_by):
+    """Its diffs and signals reach it after the store is back: it is in the room's group."""
+    from channels.layers import InMemoryChannelLayer
+
+    from heartbeat_app.layers import group_name
+    from heartbeat_app.state import SessionState
+
+    runtime = make_runtime()
+    store = DownStore()
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    layer = InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    state = SessionState(tab="t1", interval=None, timeout=None, user_key="k1", channel=channel)
+    sent = []
+
+    async def send(frame):
+        sent.append(frame)
+
+    assert await active.join(state, ["lobby"], {}, layer=layer, send=send) == {}
+    assert channel not in layer.groups.get(group_name("lobby"), {})  # not stored, not added
+    store.down = False
+    active.calls.rebuild_needed = back_by == "rebuild"
+    await active.step()
+    assert channel in layer.groups.get(group_name("lobby"), {})
+    assert [f["type"] for f in sent] == ["presence_state"]

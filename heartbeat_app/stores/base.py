@@ -73,12 +73,9 @@ class BaseStore:
                         tab_cap: int | None = None) -> list[Change]:
         """``join()`` for many (room, meta) pairs, in one round trip where the store can."""
         changes: list[Change] = []
-        capped = tab_cap is not None and _takes_tab_cap(type(self).join)
+        capped = {} if tab_cap is None else {"tab_cap": tab_cap}  # a join of before takes none
         for room, meta in entries:
-            if capped:
-                changes += await self.join(room, meta, ttl_ms, now_ms, tab_cap=tab_cap)
-            elif tab_cap is None or not await self._at_tab_cap(room, meta, tab_cap):
-                changes += await self.join(room, meta, ttl_ms, now_ms)
+            changes += await self.join(room, meta, ttl_ms, now_ms, **capped)
         return changes
 
     async def join_capped(self, entries: list[tuple[str, dict[str, Any]]], ttl_ms: int,
@@ -91,7 +88,8 @@ class BaseStore:
         """
         if tab_cap is None:
             return await self.join_many(entries, ttl_ms)
-        if _takes_tab_cap(type(self).join_many):
+        many = type(self).join_many
+        if _takes_tab_cap(type(self).join if many is BaseStore.join_many else many):
             return await self.join_many(entries, ttl_ms, tab_cap=tab_cap)
         changes: list[Change] = []
         for room, meta in entries:  # one by one: each counts the ones before it
