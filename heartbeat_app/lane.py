@@ -5,16 +5,26 @@ at once, never through the store or the tick. Per sender, room and event at most
 PRESENCE_SIGNAL_RATE go out per second; what comes in between replaces what is
 waiting, and the latest goes out when the window ends (Liveblocks throttles the
 same way).
+
+A signal crosses the layer once per process, not once per member: while a process
+has sessions in a room, its lane is in the group ``presence-signals.<room>`` with one
+channel of its own, and hands what arrives there to its members itself, encoded
+once. Woken one by one through the layer, every member cost a message, a task step
+and a dispatch more than its send. The frames a process spends on signals are
+bounded by PRESENCE_SIGNAL_FANOUT a second: beyond it signals wait, oldest first,
+and a later one of the same sender and event replaces the one waiting, so typing
+in a big room slows down instead of the process (docs/presence.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import conf
-from .layers import group_name
+from . import conf, presence_messages, protocol
+from .layers import survive_outages
 from .runtime import Runtime, Service
 from .state import SessionState
 
@@ -22,6 +32,37 @@ logger = logging.getLogger(__name__)
 
 # Entries kept for throttling before the old ones are dropped.
 MAX_TRACKED = 10_000
+# Frames sent before the fan-out yields to the event loop once.
+FANOUT_BATCH = 64
+# Seconds of PRESENCE_SIGNAL_FANOUT a quiet process may spend at once.
+FANOUT_BURST = 0.25
+# Seconds between two renewals of the lane's groups: channels_redis forgets a group
+# member after its group_expiry (a day by default), and a process lives longer.
+GROUP_REFRESH = 3600.0
+
+#: A local member: its session, what sends it a text frame, and the consumer's own
+#: ``presence_broadcast`` when it overrides the mixin's (None otherwise).
+Member = tuple[SessionState, Callable[[str], Awaitable[Any]],
+               Callable[[dict[str, Any]], Awaitable[Any]] | None]
+
+
+def signal_group(room: str) -> str:
+    """The channel-layer group of the processes that have sessions in ``room``."""
+    return f"presence-signals.{room}"  # never a room's presence group: '-' is not '.'
+
+
+class Link:
+    """The lane's channel on one channel layer, and the members reached through it."""
+
+    __slots__ = ("layer", "channel", "members", "rooms", "receiver", "syncer")
+
+    def __init__(self, layer, channel: str):
+        self.layer = layer
+        self.channel = channel
+        self.members: dict[str, dict[str, Member]] = {}  # room -> session id -> member
+        self.rooms: set[str] = set()  # rooms whose group the channel is in
+        self.receiver: asyncio.Task | None = None
+        self.syncer: asyncio.Task | None = None
 
 
 class SignalLane(Service):
@@ -33,6 +74,15 @@ class SignalLane(Service):
         super().__init__(runtime)
         self.last_sent: dict[tuple[str, str, str], float] = {}
         self.pending: dict[tuple[str, str, str], tuple[Any, dict[str, Any]]] = {}
+        self.links: dict[int, Link] = {}
+        # Signals received, waiting for the fan-out budget: (room, sender, event) ->
+        # (link, message), oldest first; a newer one takes the place of the one waiting.
+        self.inbox: dict[tuple[str, str, str], tuple[Link, dict[str, Any]]] = {}
+        self.tokens = 0.0
+        self.tokens_at: float | None = None
+        self._deliverer: asyncio.Task | None = None
+
+    # The sender's side ------------------------------------------------------------------
 
     async def send(self, state: SessionState, layer, room: str, event: str, data: Any) -> None:
         """Send a signal to the others in ``room``, or hold it until its window ends."""
@@ -60,19 +110,168 @@ class SignalLane(Service):
         self.last_sent[key] = self.clock.monotonic()
         await self._emit(held[0], key[1], held[1])
 
-    def forget(self, session_id: str) -> None:
-        """Drop what is held for a session that ended."""
-        for key in [k for k in self.pending if k[0] == session_id]:
-            del self.pending[key]
-        for key in [k for k in self.last_sent if k[0] == session_id]:
-            del self.last_sent[key]
-
     async def _emit(self, layer, room: str, message: dict[str, Any]) -> None:
         if len(self.last_sent) > MAX_TRACKED:
             horizon = self.clock.monotonic() - 1.0
             self.last_sent = {k: t for k, t in self.last_sent.items() if t >= horizon}
         try:
-            await layer.group_send(group_name(room), message)
+            await layer.group_send(signal_group(room), message)
             self.metrics.signals.inc()
         except Exception as exc:
             logger.warning("signal of room %s not sent: %r", room, exc)
+
+    # The members' side ------------------------------------------------------------------
+
+    async def enter(self, layer, room: str, state: SessionState,
+                    send_text: Callable[[str], Awaitable[Any]], handler=None) -> None:
+        """Deliver the room's signals to this session from now on (its process's group is
+        joined first, once)."""
+        link = await self._link(layer)
+        if state.closed:
+            return  # ended meanwhile: forget() has run, nothing would remove it
+        link.members.setdefault(room, {})[state.id] = (state, send_text, handler)
+        if room not in link.rooms:
+            await asyncio.shield(self._sync(link))
+
+    def exit(self, room: str, session_id: str) -> None:
+        """No more signals of ``room`` for this session."""
+        for link in self.links.values():
+            members = link.members.get(room)
+            if members is not None and members.pop(session_id, None) and not members:
+                del link.members[room]
+                self._sync(link)  # out of the room's group, unless someone comes back
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is held for a session that ended, and its rooms."""
+        for key in [k for k in self.pending if k[0] == session_id]:
+            del self.pending[key]
+        for key in [k for k in self.last_sent if k[0] == session_id]:
+            del self.last_sent[key]
+        for link in list(self.links.values()):
+            for room in [r for r, members in link.members.items() if session_id in members]:
+                self.exit(room, session_id)
+
+    async def _link(self, layer) -> Link:
+        link = self.links.get(id(layer))
+        if link is None:
+            channel = await layer.new_channel()
+            link = self.links.get(id(layer))
+            if link is None:
+                link = self.links[id(layer)] = Link(layer, channel)
+                receive = survive_outages(lambda: layer.receive(channel),
+                                          on_recovery=lambda: self._rejoin(link))
+                link.receiver = asyncio.get_running_loop().create_task(
+                    self._receive(link, receive))
+                self.ensure_running()  # renews the groups every GROUP_REFRESH
+        return link
+
+    def _sync(self, link: Link) -> asyncio.Task:
+        """Bring the channel's groups in line with the rooms that have members; one task
+        at a time, so an add and a discard of one room never overtake each other."""
+        if link.syncer is None or link.syncer.done():
+            link.syncer = asyncio.get_running_loop().create_task(self._syncing(link))
+        return link.syncer
+
+    async def _syncing(self, link: Link) -> None:
+        while True:
+            add = [room for room in link.members if room not in link.rooms]
+            drop = [room for room in link.rooms if room not in link.members]
+            if not add and not drop:
+                return
+            for room in add:
+                try:
+                    await link.layer.group_add(signal_group(room), link.channel)
+                except Exception as exc:  # the layer is down: joined again when it is back
+                    logger.warning("signals of room %s not joined: %r", room, exc)
+                    return
+                link.rooms.add(room)
+            for room in drop:
+                link.rooms.discard(room)
+                try:
+                    await link.layer.group_discard(signal_group(room), link.channel)
+                except Exception as exc:  # expires with the group (channels_redis)
+                    logger.debug("signals of room %s not left: %r", room, exc)
+
+    def _rejoin(self, link: Link) -> None:
+        # Back from a layer outage: a Redis that restarted has lost the groups.
+        link.rooms.clear()
+        self._sync(link)
+
+    async def step(self, planned: float | None = None) -> None:
+        for link in self.links.values():
+            self._rejoin(link)
+
+    def period(self) -> float:
+        return GROUP_REFRESH
+
+    async def _receive(self, link: Link, receive) -> None:
+        while True:
+            message = await receive()
+            if message.get("type") != "presence.broadcast" or "room" not in message:
+                continue
+            key = (message["room"], str(message.get("sender")), str(message.get("event")))
+            if key in self.inbox:
+                self.metrics.signals_replaced.inc()
+            self.inbox[key] = (link, message)  # a newer one keeps the older one's place
+            if self._deliverer is None or self._deliverer.done():
+                self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
+
+    async def _deliver(self) -> None:
+        while self.inbox:
+            key = next(iter(self.inbox))
+            link = self.inbox[key][0]
+            members = link.members.get(key[0])
+            if members:
+                await self._spend(len(members))  # the one waiting may be replaced meanwhile
+            link, message = self.inbox.pop(key)
+            members = list(link.members.get(key[0], {}).values())
+            try:
+                await self._fan_out(message, members)
+            except Exception:
+                logger.exception("signal of room %s not delivered", key[0])
+
+    async def _spend(self, frames: int) -> None:
+        """Wait until the fan-out budget has room for ``frames`` more, then spend them."""
+        rate = conf.get("PRESENCE_SIGNAL_FANOUT")
+        if rate is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.tokens_at is None:
+            self.tokens = rate * FANOUT_BURST
+        else:
+            self.tokens = min(rate * FANOUT_BURST, self.tokens + (now - self.tokens_at) * rate)
+        self.tokens_at = now
+        if self.tokens < 0:  # in debt from the last fan-out: wait it off
+            await asyncio.sleep(-self.tokens / rate)
+            self.tokens, self.tokens_at = 0.0, loop.time()
+        self.tokens -= frames
+
+    async def _fan_out(self, message: dict[str, Any], members: list[Member]) -> None:
+        room, sender, text, sent = message["room"], message.get("sender"), None, 0
+        for state, send_text, handler in members:
+            if state.closed or state.channel == sender or room not in state.rooms:
+                continue
+            if handler is not None:
+                try:
+                    await handler(dict(message))
+                except Exception:
+                    logger.exception("presence_broadcast of session %s failed", state.id)
+            else:
+                if text is None:
+                    text = protocol.dumps(presence_messages.broadcast(
+                        room, message["event"], message["from"], message["data"]))
+                await send_text(text)
+            sent += 1
+            if sent % FANOUT_BATCH == 0:
+                await asyncio.sleep(0)  # a big room: let other traffic in between
+        self.metrics.signal_frames.inc(sent)
+
+    async def stop(self) -> None:
+        await super().stop()
+        tasks = [t for link in self.links.values() for t in (link.receiver, link.syncer) if t]
+        tasks += [self._deliverer] if self._deliverer is not None else []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.5)

@@ -16,15 +16,16 @@ def group_name(room: str) -> str:
 _layer_outage = {"on": False}
 
 
-def survive_outages(receive):
+def survive_outages(receive, on_recovery=None):
     """Wrap a layer's receive so that an outage is retried, not fatal to the consumer.
 
     channels_redis raises out of receive() while Redis is away, which would end
-    every consumer of the process with 1011.
+    every consumer of the process with 1011. ``on_recovery()`` is called when a
+    receive works again after failing.
     """
 
     async def receive_surviving_outages():
-        delay = 0.1
+        delay, failed = 0.1, False
         while True:
             inner = asyncio.ensure_future(receive())
             try:
@@ -40,9 +41,12 @@ def survive_outages(receive):
                 if not _layer_outage["on"]:
                     _layer_outage["on"] = True  # one warning per outage, per process
                     logger.warning("channel layer receive failed, retrying: %r", exc)
+                failed = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if failed and on_recovery is not None:
+                on_recovery()
             if _layer_outage["on"]:
                 _layer_outage["on"] = False
                 logger.warning("channel layer receive works again")

@@ -259,6 +259,13 @@ class Metrics:
         self.rooms = r.gauge("heartbeat_presence_rooms", "Rooms with sessions of this process.")
         self.signals = r.counter("heartbeat_presence_signals_total",
                                  "Ephemeral signals (broadcast messages) sent to a room.")
+        self.signal_frames = r.counter(
+            "heartbeat_presence_signal_frames_total",
+            "Signal frames this process sent to its members of the rooms.")
+        self.signals_replaced = r.counter(
+            "heartbeat_presence_signals_replaced_total",
+            "Signals replaced by a newer one of the same sender while they waited for the "
+            "fan-out budget (PRESENCE_SIGNAL_FANOUT).")
         self.refused = r.counter("heartbeat_handshakes_refused_total",
                                  "Handshakes refused, by cause.", ("why",))
         self.row_writes = r.counter("heartbeat_session_row_writes_total",

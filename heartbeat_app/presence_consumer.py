@@ -110,6 +110,9 @@ class PresenceMixin:
         # As a refused join frame: the connection stays open, in the rooms it could join.
         for room, code in refused.items():
             await send(presence_messages.refusal(code, room, JOIN_REFUSALS[code]))
+        for room in rooms:
+            if room not in refused:
+                await self._presence_signals(room)
         token = getattr(self, "heartbeat_anonymous_token", None)
         if token:
             # After the state: clients that read hello then presence_state are unchanged.
@@ -197,6 +200,7 @@ class PresenceMixin:
             fetch=self._presence_fetcher())
         if room in refused:
             return refused[room]
+        await self._presence_signals(room)
         if not was_in:
             await _maybe_await(self.presence_joined(room))
         return True
@@ -206,8 +210,23 @@ class PresenceMixin:
         tracker, session = self._presence_tracker, self._presence_session
         if tracker is None or session is None or not await tracker.leave_room(session, room):
             return False
+        get_runtime().service(SignalLane).exit(room, session.id)
         await _maybe_await(self.presence_left(room, LeaveReason.LEFT))
         return True
+
+    async def _presence_signals(self, room: str) -> None:
+        # The room's signals come from the process's lane (one layer message per process),
+        # to the mixin's own presence_broadcast's way unless a subclass overrides it.
+        own = type(self).presence_broadcast is PresenceMixin.presence_broadcast
+        await get_runtime().service(SignalLane).enter(
+            self._presence_layer, room, self._presence_session, self._presence_send_text,
+            None if own else self.presence_broadcast)
+
+    async def _presence_send_text(self, text: str) -> None:
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except Exception as exc:  # closing (Daphne raises Disconnected): the end follows
+            logger.debug("signal to a closing connection not sent: %r", exc)
 
     def presence_joined(self, room: str):
         """Called once the session joined ``room`` while connected (a join frame or

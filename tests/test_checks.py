@@ -384,6 +384,7 @@ BAD_VALUES = {
     "PRESENCE_MAX_MEMBERS": (0, "E051"),
     "PRESENCE_MAX_TABS_PER_MEMBER": (0, "E054"),
     "PRESENCE_SIGNAL_RATE": (float("nan"), "E052"),
+    "PRESENCE_SIGNAL_FANOUT": (0, "E055"),
     "PRESENCE_REDIS_MAX_CONNECTIONS": (0, "E053"),
     "HEARTBEAT_METRICS_ALLOWED_IPS": (["localhost"], "E020"),
     "HEARTBEAT_METRICS_ALLOW_STAFF": ("yes", "E020"),
@@ -579,6 +580,7 @@ PRESENCE_BAD = [
     ("PRESENCE_MAX_MEMBERS", [0, -1, 10.5, "10"], "E051"),
     ("PRESENCE_MAX_TABS_PER_MEMBER", [0, -1, 2.5, "10", True], "E054"),
     ("PRESENCE_SIGNAL_RATE", [0, -10, "10", float("nan")], "E052"),
+    ("PRESENCE_SIGNAL_FANOUT", [0, -1, 2.5, "20000", True], "E055"),
     ("PRESENCE_REDIS_MAX_CONNECTIONS", [0, None, 50.0, "50"], "E053"),
 ]
 
@@ -596,6 +598,7 @@ def test_bad_presence_value_is_an_error(name, value, check_id):
     ("PRESENCE_MAX_MEMBERS", None), ("PRESENCE_MAX_MEMBERS", 1000),
     ("PRESENCE_MAX_TABS_PER_MEMBER", None), ("PRESENCE_MAX_TABS_PER_MEMBER", 1),
     ("PRESENCE_SIGNAL_RATE", None), ("PRESENCE_SIGNAL_RATE", 30),
+    ("PRESENCE_SIGNAL_FANOUT", None), ("PRESENCE_SIGNAL_FANOUT", 1),
     ("PRESENCE_TTL", 60), ("PRESENCE_REDIS_MAX_CONNECTIONS", 1),
 ])
 def test_good_presence_value_is_fine(name, value):

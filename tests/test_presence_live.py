@@ -1,5 +1,6 @@
 """Presence driven while connected: join, leave, presence_update, broadcast, big rooms."""
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -380,3 +381,80 @@ async def test_presence_messages_skip_channels_database_hop_and_others_keep_it(m
     assert (hops, seen) == ([1], ["chat.message"])
     await Overriding().dispatch({"type": "presence.count", "room": "lobby", "count": 1})
     assert (hops, seen) == ([1, 1], ["chat.message", "presence.count"])
+
+
+async def test_a_signal_crosses_the_layer_once_per_process_and_stops_at_a_leave():
+    from channels.layers import get_channel_layer
+
+    from heartbeat_app.lane import signal_group
+
+    layer = get_channel_layer()
+    typist, *readers = [await client(pk) for pk in (1, 2, 3)]
+    # One channel for the process in the room's signal group, however many members.
+    assert len(layer.groups[signal_group("lobby")]) == 1
+    await typist.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                               "data": {"n": 1}})
+    for reader in readers:
+        assert (await next_of(reader, "broadcast"))["data"] == {"n": 1}
+    await readers[0].send_json_to({"type": "leave", "room": "lobby"})
+    await next_of(typist, "presence_diff")  # the leave is through
+    await typist.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                               "data": {"n": 2}})
+    assert (await next_of(readers[1], "broadcast"))["data"] == {"n": 2}
+    while not await readers[0].receive_nothing(timeout=5 * TICK):
+        assert (await readers[0].receive_json_from())["type"] != "broadcast"
+    for c in (typist, *readers):
+        await c.disconnect()
+    for _ in range(100):  # the process leaves the group once nobody is left
+        if not layer.groups.get(signal_group("lobby")):
+            break
+        await asyncio.sleep(TICK / 5)
+    assert not layer.groups.get(signal_group("lobby"))
+
+
+async def test_signals_beyond_the_fanout_budget_wait_and_the_latest_of_each_sender_wins(
+        settings, live):
+    settings.PRESENCE_SIGNAL_RATE = None  # every signal leaves its sender at once
+    settings.PRESENCE_SIGNAL_FANOUT = 20  # frames a second: a burst of 5
+    senders = [await client(pk) for pk in (1, 2, 3)]
+    reader = await client(4)
+    started = asyncio.get_running_loop().time()
+    for n in range(10):
+        for sender in senders:
+            await sender.send_json_to({"type": "broadcast", "room": "lobby",
+                                       "event": "typing", "data": {"n": n}})
+    last, got = {}, 0
+    while set(last.values()) != {9} or len(last) < 3:
+        signal = await next_of(reader, "broadcast", timeout=5.0)
+        last[signal["from"]] = signal["data"]["n"]
+        got += 1
+    elapsed = asyncio.get_running_loop().time() - started
+    assert got < 30  # some were replaced by a later one of the same sender
+    assert live.metrics.signals_replaced.value() >= 30 - got
+    # Each signal costs 3 frames (the room's other members); the budget bounds them all:
+    # a burst of a quarter second, and one signal in debt.
+    assert live.metrics.signal_frames.value() <= 20 * (elapsed + 0.25) + 3
+    for c in (*senders, reader):
+        await c.disconnect()
+
+
+async def test_a_consumer_that_overrides_presence_broadcast_gets_the_signals():
+    seen = []
+
+    class Own(Live):
+        async def presence_broadcast(self, event):
+            seen.append((event["from"], event["data"]))
+
+    typist = await client(1)
+    reader = await client(2, consumer=Own)
+    await typist.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                               "data": {"n": 7}})
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(TICK / 5)
+    assert seen == [("1", {"n": 7})]
+    while not await reader.receive_nothing(timeout=3 * TICK):  # the override sent nothing
+        assert (await reader.receive_json_from())["type"] != "broadcast"
+    for c in (typist, reader):
+        await c.disconnect()
