@@ -254,6 +254,8 @@ def run_one(work, kind: str, size: int, args) -> dict:
            "PRESENCE_FULL_LIST_MAX": "200" if kind == "count" else FULL_LIST_OFF}
     if args.gc_threshold:
         env["BENCH_GC_THRESHOLD"] = args.gc_threshold
+    if args.fanout:
+        env["PRESENCE_SIGNAL_FANOUT"] = args.fanout
     if args.typing:
         # The probes send 50 frames a second, HEARTBEAT_MESSAGE_RATE's default: after a
         # stall of the server, the frames it reads at once would get them closed (4429).
@@ -515,6 +517,8 @@ def command_line(args, runs: str) -> str:
         parts += ["--rate", f"{args.rate:g}"]
     if args.gc_threshold:
         parts += ["--gc-threshold", args.gc_threshold]
+    if args.fanout:
+        parts += ["--fanout", args.fanout]
     if args.tag:
         parts += ["--tag", args.tag]
     if args.profile:
@@ -564,6 +568,8 @@ def main():
     parser.add_argument("--typing-rate", type=float, default=10.0)
     parser.add_argument("--typing-seconds", type=float, default=30.0)
     parser.add_argument("--profile", action="store_true", help="py-spy over ramp and typing")
+    parser.add_argument("--fanout", default="",
+                        help="PRESENCE_SIGNAL_FANOUT of the server (frames a second, or off)")
     parser.add_argument("--tag", default="", help="a name of the runs' own, e.g. gc-default")
     parser.add_argument("--gc-threshold", default="",
                         help="gc.set_threshold() of the server, e.g. 50000,20,100")
