@@ -10,10 +10,12 @@ A signal crosses the layer once per process, not once per member: while a proces
 has sessions in a room, its lane is in the group ``presence-signals.<room>`` with one
 channel of its own, and hands what arrives there to its members itself, encoded
 once. Woken one by one through the layer, every member cost a message, a task step
-and a dispatch more than its send. The frames a process spends on signals are
-bounded by PRESENCE_SIGNAL_FANOUT a second: beyond it signals wait, oldest first,
-and a later one of the same sender and event replaces the one waiting, so typing
-in a big room slows down instead of the process (docs/presence.md).
+and a dispatch more than its send. A delivery pass hands a room's members every
+signal of the room then waiting, back to back (one socket write each), and the
+passes a process makes are bounded by PRESENCE_SIGNAL_FANOUT member deliveries a
+second: beyond it signals wait, oldest first, and a later one of the same sender
+and event replaces the one waiting, so typing in a big room slows down instead of
+the process (docs/presence.md).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 MAX_TRACKED = 10_000
 # Frames sent before the fan-out yields to the event loop once.
 FANOUT_BATCH = 64
+# Signals of one room a delivery pass carries at most.
+PASS_SIGNALS = 32
 # Seconds of PRESENCE_SIGNAL_FANOUT a quiet process may spend at once.
 FANOUT_BURST = 0.25
 # Seconds between two renewals of the lane's groups: channels_redis forgets a group
@@ -217,18 +221,22 @@ class SignalLane(Service):
                 self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
 
     async def _deliver(self) -> None:
+        # A pass hands a room's members every signal of the room waiting then, each
+        # member's frames back to back (one write to its socket), and costs the budget one
+        # delivery per member, however many signals it carries.
         while self.inbox:
-            key = next(iter(self.inbox))
-            link = self.inbox[key][0]
-            members = link.members.get(key[0])
+            room, link = next(iter(self.inbox))[0], next(iter(self.inbox.values()))[0]
+            members = link.members.get(room)
             if members:
-                await self._spend(len(members))  # the one waiting may be replaced meanwhile
-            link, message = self.inbox.pop(key)
-            members = list(link.members.get(key[0], {}).values())
+                await self._spend(len(members))  # those waiting may be replaced meanwhile
+                self.metrics.signal_deliveries.inc(len(members))
+            keys = [key for key, (lk, _) in self.inbox.items()
+                    if key[0] == room and lk is link][:PASS_SIGNALS]
+            messages = [self.inbox.pop(key)[1] for key in keys]
             try:
-                await self._fan_out(message, members)
+                await self._fan_out(room, messages, list(link.members.get(room, {}).values()))
             except Exception:
-                logger.exception("signal of room %s not delivered", key[0])
+                logger.exception("signals of room %s not delivered", room)
 
     async def _spend(self, frames: int) -> None:
         """Wait until the fan-out budget has room for ``frames`` more, then spend them."""
@@ -247,23 +255,29 @@ class SignalLane(Service):
             self.tokens, self.tokens_at = 0.0, loop.time()
         self.tokens -= frames
 
-    async def _fan_out(self, message: dict[str, Any], members: list[Member]) -> None:
-        room, sender, text, sent = message["room"], message.get("sender"), None, 0
+    async def _fan_out(self, room: str, messages: list[dict[str, Any]],
+                       members: list[Member]) -> None:
+        texts = [protocol.dumps(presence_messages.broadcast(
+            room, message["event"], message["from"], message["data"])) for message in messages]
+        senders = [message.get("sender") for message in messages]
+        sent = 0
         for state, send_text, handler in members:
-            if state.closed or state.channel == sender or room not in state.rooms:
+            if state.closed or room not in state.rooms:
                 continue
-            if handler is not None:
-                try:
-                    await handler(dict(message))
-                except Exception:
-                    logger.exception("presence_broadcast of session %s failed", state.id)
-            else:
-                if text is None:
-                    text = protocol.dumps(presence_messages.broadcast(
-                        room, message["event"], message["from"], message["data"]))
-                await send_text(text)
-            sent += 1
-            if sent % FANOUT_BATCH == 0:
+            for message, text, sender in zip(messages, texts, senders, strict=True):
+                if state.channel == sender:
+                    continue
+                if handler is None:
+                    await send_text(text)
+                else:
+                    try:
+                        await handler(dict(message))
+                    except Exception:
+                        logger.exception("presence_broadcast of session %s failed", state.id)
+                sent += 1
+            if sent >= FANOUT_BATCH:
+                self.metrics.signal_frames.inc(sent)
+                sent = 0
                 await asyncio.sleep(0)  # a big room: let other traffic in between
         self.metrics.signal_frames.inc(sent)
 
