@@ -106,10 +106,9 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_MAX_TABS_PER_MEMBER": 10,
     # Broadcasts (typing, cursors) per second per sender and event; latest wins.
     "PRESENCE_SIGNAL_RATE": 10.0,
-    # Signal deliveries a second a process makes to its members at most (a pass hands a
-    # room's members every signal waiting and costs one per member); beyond it signals
-    # wait, the latest winning. None: no bound.
-    "PRESENCE_SIGNAL_FANOUT": 20_000,
+    # Signal frames a second a process sends its members at most (a signal costs one per
+    # member of its room here); beyond it signals wait, the latest winning. None: no bound.
+    "PRESENCE_SIGNAL_FANOUT": 10_000,
     # Count sessions, pings, probes, store calls... for the metrics view; False: the
     # runtimes count nothing (read when the runtime of an event loop is made).
     "HEARTBEAT_METRICS": True,

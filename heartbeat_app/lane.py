@@ -10,10 +10,10 @@ A signal crosses the layer once per process, not once per member: while a proces
 has sessions in a room, its lane is in the group ``presence-signals.<room>`` with one
 channel of its own, and hands what arrives there to its members itself, encoded
 once. Woken one by one through the layer, every member cost a message, a task step
-and a dispatch more than its send. A delivery pass hands a room's members every
-signal of the room then waiting, back to back (one socket write each), and the
-passes a process makes are bounded by PRESENCE_SIGNAL_FANOUT member deliveries a
-second: beyond it signals wait, oldest first, and a later one of the same sender
+and a dispatch more than its send. A delivery pass hands a room's members the
+signals of the room then waiting, back to back (one socket write each, not one per
+frame). The frames a process sends its members are bounded by PRESENCE_SIGNAL_FANOUT
+a second: beyond it signals wait, oldest first, and a later one of the same sender
 and event replaces the one waiting, so typing in a big room slows down instead of
 the process (docs/presence.md).
 """
@@ -221,28 +221,26 @@ class SignalLane(Service):
                 self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
 
     async def _deliver(self) -> None:
-        # A pass hands a room's members every signal of the room waiting then, each
-        # member's frames back to back (one write to its socket), and costs the budget one
-        # delivery per member, however many signals it carries.
+        # A pass hands a room's members the signals of the room waiting then, each
+        # member's frames back to back (one write to its socket, not one per frame), as
+        # many as a second of the budget pays for, one at least.
         while self.inbox:
             room, link = next(iter(self.inbox))[0], next(iter(self.inbox.values()))[0]
-            members = link.members.get(room)
-            if members:
-                await self._spend(len(members))  # those waiting may be replaced meanwhile
-                self.metrics.signal_deliveries.inc(len(members))
+            members = len(link.members.get(room, ()))
             keys = [key for key, (lk, _) in self.inbox.items()
                     if key[0] == room and lk is link][:PASS_SIGNALS]
-            messages = [self.inbox.pop(key)[1] for key in keys]
+            rate = conf.get("PRESENCE_SIGNAL_FANOUT")
+            if rate is not None and members:
+                keys = keys[:max(1, int(rate // members))]
+                await self._spend(rate, members * len(keys))  # meanwhile, newer ones may
+            messages = [self.inbox.pop(key)[1] for key in keys]  # take their places
             try:
                 await self._fan_out(room, messages, list(link.members.get(room, {}).values()))
             except Exception:
                 logger.exception("signals of room %s not delivered", room)
 
-    async def _spend(self, frames: int) -> None:
+    async def _spend(self, rate: float, frames: int) -> None:
         """Wait until the fan-out budget has room for ``frames`` more, then spend them."""
-        rate = conf.get("PRESENCE_SIGNAL_FANOUT")
-        if rate is None:
-            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.tokens_at is None:
@@ -250,7 +248,7 @@ class SignalLane(Service):
         else:
             self.tokens = min(rate * FANOUT_BURST, self.tokens + (now - self.tokens_at) * rate)
         self.tokens_at = now
-        if self.tokens < 0:  # in debt from the last fan-out: wait it off
+        if self.tokens < 0:  # in debt from the last pass: wait it off
             await asyncio.sleep(-self.tokens / rate)
             self.tokens, self.tokens_at = 0.0, loop.time()
         self.tokens -= frames

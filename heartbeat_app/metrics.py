@@ -262,10 +262,6 @@ class Metrics:
         self.signal_frames = r.counter(
             "heartbeat_presence_signal_frames_total",
             "Signal frames this process sent to its members of the rooms.")
-        self.signal_deliveries = r.counter(
-            "heartbeat_presence_signal_deliveries_total",
-            "Member deliveries of signals: one per member of a room per pass, each with the "
-            "signals of the room then waiting (bounded by PRESENCE_SIGNAL_FANOUT).")
         self.signals_replaced = r.counter(
             "heartbeat_presence_signals_replaced_total",
             "Signals replaced by a newer one of the same sender while they waited for the "
