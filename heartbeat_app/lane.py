@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 # Entries kept for throttling before the old ones are dropped.
 MAX_TRACKED = 10_000
-# Frames sent before the fan-out yields to the event loop once.
-FANOUT_BATCH = 64
+# Seconds of fan-out before it yields to the event loop once: a ping waits behind a
+# few of these slices (its read, its dispatch, its pong), not behind a whole pass.
+FANOUT_SLICE = 0.001
 # Signals of one room a delivery pass carries at most.
 PASS_SIGNALS = 32
 # Seconds of PRESENCE_SIGNAL_FANOUT a quiet process may spend at once.
@@ -258,7 +259,8 @@ class SignalLane(Service):
         texts = [protocol.dumps(presence_messages.broadcast(
             room, message["event"], message["from"], message["data"])) for message in messages]
         senders = [message.get("sender") for message in messages]
-        sent = 0
+        loop = asyncio.get_running_loop()
+        sent, since = 0, loop.time()
         for state, send_text, handler in members:
             if state.closed or room not in state.rooms:
                 continue
@@ -273,10 +275,10 @@ class SignalLane(Service):
                     except Exception:
                         logger.exception("presence_broadcast of session %s failed", state.id)
                 sent += 1
-            if sent >= FANOUT_BATCH:
+            if loop.time() - since >= FANOUT_SLICE:
                 self.metrics.signal_frames.inc(sent)
-                sent = 0
                 await asyncio.sleep(0)  # a big room: let other traffic in between
+                sent, since = 0, loop.time()
         self.metrics.signal_frames.inc(sent)
 
     async def stop(self) -> None:
