@@ -100,16 +100,10 @@ class Recorder(Service):
 
     def _row(self, state: SessionState, live: bool = True) -> Row:
         """A session's row as plain values: no model instance on the event loop."""
-        now = self.clock.wall()
-        scheduler = self.runtime.service(Scheduler)
-        silence = max(0.0, scheduler.now() - state.last_heard) if live else 0.0
-        seen = now - silence
-        grace = zombie_grace(state.interval, state.timeout)
         return {
-            "id": state.id,
+            **self._checkpoint_row(state, live),
             "user_id": state.user_id,
             "user_key": state.user_key,
-            "rooms": " ".join(state.rooms),
             "tab": state.tab,
             "instance_id": instance_id(),
             "channel_name": state.channel,
@@ -117,13 +111,25 @@ class Recorder(Service):
             "client_addr": state.client,
             "user_agent": state.user_agent,
             "opened_at": _dt(state.opened_at),
+            "interval": state.interval,
+            "timeout": state.timeout,
+        }
+
+    def _checkpoint_row(self, state: SessionState, live: bool = True) -> Row:
+        """What a checkpoint writes of a live session's row (CHECKPOINT_FIELDS)."""
+        now = self.clock.wall()
+        scheduler = self.runtime.service(Scheduler)
+        silence = max(0.0, scheduler.now() - state.last_heard) if live else 0.0
+        seen = now - silence
+        grace = zombie_grace(state.interval, state.timeout)
+        return {
+            "id": state.id,
+            "rooms": " ".join(state.rooms),
             "last_seen_at": _dt(seen),
             "stale_after": None if state.interval is None else _dt(
                 seen + state.interval + state.phase),
             "zombie_after": None if grace is None else _dt(seen + grace),
             "recorded_at": _dt(now),
-            "interval": state.interval,
-            "timeout": state.timeout,
             "rtt_ms": _ms(state.rtt),
             "rtt_avg_ms": _ms(state.rtt_avg),
             "visible": state.visible,
@@ -136,12 +142,13 @@ class Recorder(Service):
             "close_reason": "",
         }
 
-    async def _rows(self, session_ids: list[str]) -> list[Row]:
+    async def _rows(self, session_ids: list[str], checkpoint: bool = False) -> list[Row]:
         rows = []
+        build = self._checkpoint_row if checkpoint else self._row
         for count, sid in enumerate(session_ids, 1):
             state = self.local.get(sid)
             if state is not None:  # not if it closed while rows were built
-                rows.append(self._row(state))
+                rows.append(build(state))
             if count % ROW_BATCH == 0:
                 # Rows of thousands of sessions (a reconnect storm's opens, a catch-up
                 # after an outage) are built in slices, so other traffic is served
@@ -179,7 +186,7 @@ class Recorder(Service):
             return
         fresh = list(self.fresh)
         opens = await self._rows(fresh)
-        updates = await self._rows(due)
+        updates = await self._rows(due, checkpoint=True)
         closes = dict(self.closes)
         try:
             await database_sync_to_async(write, thread_sensitive=False, executor=_writer())(
@@ -208,10 +215,11 @@ class Recorder(Service):
 
 def write(opens: list, updates: list, closes: list, session_count: int, now: datetime,
           stopped: bool = False, sweep: bool = True) -> None:
-    """One transaction: beat the instance, then every row of the tick in one statement.
+    """One transaction: beat the instance, then the rows of the tick in two statements.
 
     Rows are dicts of column values (``Session`` instances are taken too). New
-    rows, checkpoints and closes are all one upsert, so the number of queries
+    rows and closes are one upsert of whole rows; checkpoints one update of the
+    columns a live session changes (CHECKPOINT_FIELDS), so the number of queries
     does not depend on the number of sessions, and a row that another process
     closed while its session still beats (a clock or network hiccup) is reopened
     by the next checkpoint. The beat (and ``stopped_at`` when ``stopped``: the
@@ -230,10 +238,12 @@ def write(opens: list, updates: list, closes: list, session_count: int, now: dat
         # One row per session, the latest: an upsert may not touch a row twice
         # (PostgreSQL), and a session that closed while its open row was queued
         # (an outage) or built is in both.
-        rows = list({row["id"]: row for row in map(_as_row, (*opens, *updates, *closes))}
-                    .values())
+        rows = {row["id"]: row for row in map(_as_row, (*opens, *closes))}
         if rows:
-            upsert(rows)
+            upsert(list(rows.values()))
+        checkpoints = [row for row in map(_as_checkpoint, updates) if row["id"] not in rows]
+        if checkpoints:
+            touch(checkpoints)
         if sweep:
             reconcile(now)
 
@@ -256,8 +266,67 @@ def _as_row(row) -> Row:
     return row
 
 
+def _as_checkpoint(row) -> Row:
+    row = _as_row(row)
+    return {name: row[name] for name in CHECKPOINT_FIELDS}
+
+
 def _fields():
     return Session._meta.concrete_fields
+
+
+#: The columns of a live session's row that a checkpoint writes: what changes while it
+#: lives, and the close columns cleared (a row another process closed by mistake reopens).
+CHECKPOINT_FIELDS = (
+    "id", "rooms", "last_seen_at", "stale_after", "zombie_after", "recorded_at", "rtt_ms",
+    "rtt_avg_ms", "visible", "frames_in", "probes_sent", "last_probe_at",
+    "zombie_detected_at", "closed_at", "close_code", "close_reason")
+
+
+def _payload(rows: list[Row], fields) -> list[Row]:
+    """Rows with their datetimes as the database's text, for a JSON parameter."""
+    ops = connection.ops
+    datetimes = [f.attname for f in fields if f.get_internal_type() == "DateTimeField"]
+    payload = []
+    for row in rows:
+        item = dict(row)
+        for name in datetimes:
+            if item.get(name) is not None:
+                item[name] = str(ops.adapt_datetimefield_value(item[name]))
+        payload.append(item)
+    return payload
+
+
+def touch(rows: list[Row]) -> None:
+    """Write the checkpoint columns of many live rows: one statement, no insert attempt.
+
+    Half the cost of the whole-row upsert on SQLite (a parameter list per row, no JSON
+    to take apart per column); one UPDATE ... FROM jsonb_to_recordset on PostgreSQL. A
+    row deleted while its session lives comes back with the session's close.
+    """
+    fields = [Session._meta.get_field(name) for name in CHECKPOINT_FIELDS]
+    names = [f.attname for f in fields if not f.primary_key]
+    vendor = connection.vendor
+    quote = connection.ops.quote_name
+    table = quote(Session._meta.db_table)
+    if vendor == "sqlite":
+        adapt = connection.ops.adapt_datetimefield_value
+        datetimes = {f.attname for f in fields if f.get_internal_type() == "DateTimeField"}
+        params = [[(str(adapt(row[n])) if n in datetimes and row[n] is not None else row[n])
+                   for n in names] + [row["id"]] for row in rows]
+        sets = ", ".join(f"{quote(n)} = %s" for n in names)
+        with connection.cursor() as cursor:
+            cursor.executemany(f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s", params)
+    elif vendor == "postgresql":
+        types = ", ".join(f"{quote(f.attname)} {f.db_type(connection)}" for f in fields)
+        sets = ", ".join(f"{quote(n)} = j.{quote(n)}" for n in names)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS s SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS j({types}) "
+                f"WHERE s.{quote('id')} = j.{quote('id')}",
+                [json.dumps(_payload(rows, fields))])
+    else:
+        Session.objects.bulk_update([Session(**row) for row in rows], names, batch_size=BATCH)
 
 
 def upsert(rows: list[Row]) -> None:
@@ -277,14 +346,7 @@ def upsert(rows: list[Row]) -> None:
         return
     ops = connection.ops
     fields = _fields()
-    datetimes = {f.attname for f in fields if f.get_internal_type() == "DateTimeField"}
-    payload = []
-    for row in rows:
-        item = dict(row)
-        for name in datetimes:
-            if item.get(name) is not None:
-                item[name] = str(ops.adapt_datetimefield_value(item[name]))
-        payload.append(item)
+    payload = _payload(rows, fields)
     quote = ops.quote_name
     table = quote(Session._meta.db_table)
     names = [f.attname for f in fields]

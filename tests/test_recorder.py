@@ -55,6 +55,25 @@ async def test_a_row_closed_elsewhere_while_its_session_beats_is_reopened(record
     assert row.closed_at is None and row.close_code is None and row.close_reason == ""
 
 
+async def test_a_checkpoint_writes_what_changes_and_leaves_the_rest_of_the_row(recorder):
+    state = session("beating")
+    recorder.opened(state)
+    await recorder.step(force=True)
+    # A column no checkpoint writes: a change to it stays (the update is narrow).
+    await sync_to_async(Session.objects.filter(pk=state.id).update)(user_agent="edited")
+    state.frames_in, state.rtt, state.rooms = 7, 0.012, ["lobby", "hall"]
+    await recorder.step(force=True)
+    row = await sync_to_async(Session.objects.get)(pk=state.id)
+    assert (row.frames_in, row.rtt_ms, row.rooms) == (7, 12.0, "lobby hall")
+    assert row.user_agent == "edited"
+    # A close writes the whole row again.
+    state.close_code, state.close_reason = 1000, CloseReason.CLOSED
+    recorder.closed(state)
+    await recorder.step(force=True)
+    row = await sync_to_async(Session.objects.get)(pk=state.id)
+    assert (row.close_reason, row.user_agent) == ("closed", "")
+
+
 async def test_rows_of_many_rooms_are_written_whole(recorder):
     rooms = [f"room-{i:02d}-" + "x" * 70 for i in range(7)]  # 7 rooms of 80 characters
     state = session("many", rooms)
