@@ -59,7 +59,10 @@ async def observer(port, room, expect):
 def run(args):
     facts = bl.machine()
     work = bl.Workdir("crash")
+    # The observer follows the member list: a room above PRESENCE_FULL_LIST_MAX (200 by
+    # default) would send it only the count.
     env = {"REDIS_URL": bl.REDIS_URL, "PRESENCE_INSTANCE_TTL": str(INSTANCE_TTL),
+           "PRESENCE_FULL_LIST_MAX": "none",
            "PRESENCE_REAP_INTERVAL": str(REAP_INTERVAL), "HEARTBEAT_TICK": str(TICK)}
     reps = []
     bl.redis_cleanup()
