@@ -209,7 +209,20 @@ def machine_line(m: dict) -> str:
             f"beside these runs).")
 
 
+def head_commit() -> str:
+    """The commit the checkout is at (short), the code a result was measured on."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip() or "?"
+
+
+def commit_line(data: dict) -> str:
+    """``Commit `abc1234`. `` for a section, if its results name their commit."""
+    return f"Commit `{data['commit']}`. " if data.get("commit") else ""
+
+
 def save_results(name: str, data: dict) -> Path:
+    """Write a benchmark's results; those that do not name their commit get HEAD's."""
+    data.setdefault("commit", head_commit())
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(scrub(json.dumps(data, indent=1, sort_keys=False)) + "\n")

@@ -126,7 +126,7 @@ def render(data):
     a = data["args"]
     lines = [
         "## Crash of a worker: leaves on the other", "",
-        bl.machine_line(data["machine"]), "",
+        bl.commit_line(data) + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.crash --clients {a['clients']} --reps "
         f"{a['reps']}` (results: `bench/results/crash.json`).", "",
         f"Two Daphne processes share Redis (channels_redis and the Redis presence store) "

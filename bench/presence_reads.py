@@ -98,7 +98,7 @@ def render(data):
     a = data["args"]
     lines = [
         "## Presence reads", "",
-        bl.machine_line(data["machine"]), "",
+        bl.commit_line(data) + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.presence_reads --sizes {a['sizes']} --reps "
         f"{a['reps']}` (results: `bench/results/presence_reads.json`).", "",
         "One room filled through the Redis store's `join` (one member per session), then "

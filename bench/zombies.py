@@ -93,7 +93,7 @@ def render(data):
     over = sum(1 for x in data["detect_s"] if x > s["bound_s"])
     return "\n".join([
         "## Zombie detection", "",
-        bl.machine_line(data["machine"]), "",
+        bl.commit_line(data) + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.zombies --clients {a['clients']}` "
         f"(results: `bench/results/zombies.json`).", "",
         f"{s['clients']:,} raw clients (rooms of 10, `bench/loadclient.py` on CPU 1) on one "
