@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +43,11 @@ MIN_RATE, MAX_RATE = 20.0, 5000.0
 MAX_HINT_MS = 30_000
 # Hints are spread by up to this fraction on top of the slot, so no two clients share one.
 HINT_JITTER = 0.2
+# Seconds over which completed handshakes are counted, and how much faster than that
+# count the hints are paced: a burst of refusals (each one a handshake too) slows the
+# handshakes it delays, so the process takes more once the clients come back paced.
+COMPLETION_WINDOW = 2.0
+PROBE_UP = 2.0
 
 
 class Gate(Service):
@@ -55,6 +61,7 @@ class Gate(Service):
         self.draining = False
         self.duration = FIRST_DURATION  # seconds from admission to accept, smoothed
         self._next_slot = 0.0
+        self._completed: deque[float] = deque()  # monotonic times of recent completions
         self._tokens: float | None = None
         self._stamp = 0.0
         self._rng = random.Random()
@@ -97,8 +104,12 @@ class Gate(Service):
 
     def measure(self, admitted_at: float) -> None:
         """Smooth in the time from admission to accept, the basis of the paced hints."""
-        took = max(0.0, self.clock.monotonic() - admitted_at)
+        now = self.clock.monotonic()
+        took = max(0.0, now - admitted_at)
         self.duration += DURATION_SMOOTHING * (took - self.duration)
+        self._completed.append(now)
+        while self._completed and now - self._completed[0] > COMPLETION_WINDOW:
+            self._completed.popleft()
 
     @property
     def rate(self) -> float:
@@ -113,7 +124,11 @@ class Gate(Service):
         if configured:
             return float(configured)
         cap = conf.get("HEARTBEAT_MAX_HANDSHAKES") or 128
-        return min(MAX_RATE, max(MIN_RATE, cap / max(self.duration, 1e-4)))
+        now = self.clock.monotonic()
+        while self._completed and now - self._completed[0] > COMPLETION_WINDOW:
+            self._completed.popleft()
+        measured = PROBE_UP * len(self._completed) / COMPLETION_WINDOW
+        return min(MAX_RATE, max(MIN_RATE, cap / max(self.duration, 1e-4), measured))
 
     def retry_after_ms(self, why: str) -> int:
         """When a refused client should come back: the next free slot at the measured rate."""
