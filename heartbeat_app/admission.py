@@ -44,10 +44,12 @@ MAX_HINT_MS = 30_000
 # Hints are spread by up to this fraction on top of the slot, so no two clients share one.
 HINT_JITTER = 0.2
 # Seconds over which completed handshakes are counted, and how much faster than that
-# count the hints are paced: a burst of refusals (each one a handshake too) slows the
-# handshakes it delays, so the process takes more once the clients come back paced.
+# count the hints are paced. A burst of refusals (each one a handshake too) slows the
+# handshakes it delays, so the process takes several times more once the clients come
+# back paced; one back too early is refused again, cheaply (docs/benchmarks.md, the
+# reconnect storm).
 COMPLETION_WINDOW = 2.0
-PROBE_UP = 2.0
+PROBE_UP = 6.0
 
 
 class Gate(Service):
@@ -119,6 +121,9 @@ class Gate(Service):
         When the process is saturated, that is what it does; when it is not, it
         overestimates, so hints come out short, and a client back too early is
         refused again, cheaply. It never starves the process as a low guess would.
+        Under a burst of refusals the handshakes take longer than the process needs
+        once the burst is over, so the rate is at least PROBE_UP times what completed
+        in the last COMPLETION_WINDOW seconds.
         """
         configured = conf.get("HEARTBEAT_CONNECT_RATE")
         if configured:
