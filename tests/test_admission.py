@@ -156,6 +156,27 @@ async def test_hints_are_paced_at_the_cap_over_the_handshake_time_and_never_run_
     assert max(many) <= 30_000 * 1.2 and many[-1] >= 25_000
 
 
+async def test_hints_keep_up_with_what_the_process_completes_after_a_burst(
+        settings, make_runtime):
+    settings.HEARTBEAT_MAX_HANDSHAKES = 100
+    settings.HEARTBEAT_RETRY_MIN_MS = 0
+    runtime = make_runtime()
+    gate, clock = runtime.service(Gate), runtime.fake_clock
+    started = clock.monotonic()
+    clock.advance(2.0)  # slowed by a burst of refusals: each handshake took 2 s
+    for _ in range(200):  # yet 200 completed within the last 2 s
+        gate.in_flight += 1
+        gate.finished(started)
+        clock.advance(0.005)
+    little = 100 / gate.duration
+    assert little < 60
+    assert gate.rate >= 6 * 200 / 2.0 * 0.99  # paced at six times the completions
+    hints = [gate.retry_after_ms("in_flight") for _ in range(600)]
+    assert hints[-1] <= 600 / (6 * 200 / 2.0) * 1000 * 1.2 + 1  # ~1 s, not 600 / little
+    clock.advance(5.0)  # nothing completed in the window: the cap over the time again
+    assert gate.rate == pytest.approx(max(20.0, little))
+
+
 class SlowRoom(HeartbeatMixin, AsyncJsonWebsocketConsumer):
     """A presence consumer whose room check waits until the test lets it through."""
 
