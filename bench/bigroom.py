@@ -573,9 +573,7 @@ def main():
     parser.add_argument("--tag", default="", help="a name of the runs' own, e.g. gc-default")
     parser.add_argument("--gc-threshold", default="",
                         help="gc.set_threshold() of the server, e.g. 50000,20,100")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 

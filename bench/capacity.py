@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import subprocess
 import time
 
 from bench import benchlib as bl
@@ -327,9 +326,7 @@ def main():
     parser.add_argument("--profile", action="store_true", help="py-spy over the soak")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE for the servers (repeatable), e.g. a setting")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 

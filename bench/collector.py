@@ -219,8 +219,7 @@ def main() -> None:
         print(render(json.loads((bl.RESULTS / "collector.json").read_text())))
         return
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = bl.head_commit()
     runs = [run_child(mode, int(sessions), args.messages)
             for sessions in args.sessions.split(",") for mode in MODES]
     data = {"machine": bl.machine(), "commit": commit,

@@ -341,9 +341,7 @@ def main():
     parser.add_argument("--settle", type=float, default=7.0)
     parser.add_argument("--layers", default="redis,memory")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import subprocess
 import sys
 import time
 
@@ -296,9 +295,7 @@ def main():
     parser.add_argument("--ns", default=None, help="1,10,100; 10,100 with --metrics-paired")
     parser.add_argument("--metrics-paired", action="store_true",
                         help="HEARTBEAT_METRICS on against off, paired (issue 14)")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     args = parser.parse_args()
     paired = args.metrics_paired
     args.reps = args.reps if args.reps is not None else 8 if paired else 2

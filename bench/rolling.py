@@ -467,9 +467,7 @@ def main():
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of the servers, e.g. HEARTBEAT_DRAIN_STOP_LISTENING=0")
     parser.add_argument("--tag", default="", help="results and doc section of their own")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 

@@ -448,9 +448,7 @@ def main():
     parser.add_argument("--sessions", type=int, default=10000)
     parser.add_argument("--interval", type=float, default=25.0)
     parser.add_argument("--ticks", type=int, default=30)
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 
@@ -292,9 +291,7 @@ def main():
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--inflight", type=int, default=50,
                         help="handshakes in flight per client process for the first connect")
-    parser.add_argument("--commit", default=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=bl.ROOT, capture_output=True,
-        text=True).stdout.strip())
+    parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
 
