@@ -41,6 +41,8 @@ FANOUT_SLICE = 0.001
 PASS_SIGNALS = 32
 # Seconds of PRESENCE_SIGNAL_FANOUT a quiet process may spend at once.
 FANOUT_BURST = 0.25
+# Seconds before a failed group add is tried again, doubled up to the second figure.
+SYNC_RETRY, MAX_SYNC_RETRY = 0.1, 5.0
 # Seconds between two renewals of the lane's groups: channels_redis forgets a group
 # member after its group_expiry (a day by default), and a process lives longer.
 GROUP_REFRESH = 3600.0
@@ -136,7 +138,9 @@ class SignalLane(Service):
             return  # ended meanwhile: forget() has run, nothing would remove it
         link.members.setdefault(room, {})[state.id] = (state, send_text, handler)
         if room not in link.rooms:
-            await asyncio.shield(self._sync(link))
+            # In the group before the first signal, unless the layer is away: then the
+            # join goes on, and the group follows once the layer answers.
+            await asyncio.wait([self._sync(link)], timeout=conf.get("PRESENCE_STORE_TIMEOUT"))
 
     def exit(self, room: str, session_id: str) -> None:
         """No more signals of ``room`` for this session."""
@@ -178,18 +182,21 @@ class SignalLane(Service):
         return link.syncer
 
     async def _syncing(self, link: Link) -> None:
+        delay = SYNC_RETRY
         while True:
             add = [room for room in link.members if room not in link.rooms]
             drop = [room for room in link.rooms if room not in link.members]
             if not add and not drop:
                 return
-            for room in add:
-                try:
+            try:
+                for room in add:
                     await link.layer.group_add(signal_group(room), link.channel)
-                except Exception as exc:  # the layer is down: joined again when it is back
-                    logger.warning("signals of room %s not joined: %r", room, exc)
-                    return
-                link.rooms.add(room)
+                    link.rooms.add(room)
+            except Exception as exc:  # the layer is down: tried again, less and less often
+                logger.warning("signals of room %s not joined, retrying: %r", room, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_SYNC_RETRY)
+                continue
             for room in drop:
                 link.rooms.discard(room)
                 try:

@@ -459,3 +459,32 @@ async def test_a_consumer_that_overrides_presence_broadcast_gets_the_signals():
         assert (await reader.receive_json_from())["type"] != "broadcast"
     for c in (typist, reader):
         await c.disconnect()
+
+
+async def test_a_signal_group_the_layer_refused_is_joined_once_it_answers(monkeypatch):
+    from channels.layers import get_channel_layer
+
+    from heartbeat_app.lane import signal_group
+
+    layer = get_channel_layer()
+    real, failures = layer.group_add, []
+
+    async def flaky(group, channel):
+        if group.startswith("presence-signals.") and len(failures) < 2:
+            failures.append(group)
+            raise ConnectionError("layer away")
+        return await real(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", flaky)
+    typist = await client(1)
+    reader = await client(2)
+    for _ in range(100):
+        if layer.groups.get(signal_group("lobby")):
+            break
+        await asyncio.sleep(TICK / 5)
+    assert failures and layer.groups.get(signal_group("lobby"))
+    await typist.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                               "data": {"n": 1}})
+    assert (await next_of(reader, "broadcast"))["data"] == {"n": 1}
+    for c in (typist, reader):
+        await c.disconnect()
