@@ -89,7 +89,7 @@ def rows():
                 out.append((f"false zombies in a {r['soak_s']:.0f} s soak at interval 5 s, "
                             f"timeout 5 s ({layer})", str(r["false_zombies"]), "0",
                             yes(r["false_zombies"] == 0)))
-    for tag in ("gc", "gc19k"):
+    for tag in ("gc", "gc19k", "19k-default"):
         tuned = load(f"capacity-{tag}")
         if not tuned:
             continue
@@ -112,10 +112,11 @@ def rows():
                 out.append((f"false zombies in a {r['soak_s']:.0f} s soak at {r['connected']:,} "
                             f"({what})", str(r["false_zombies"]), "0",
                             yes(r["false_zombies"] == 0)))
+                bound = 50 if r["connected"] >= 19000 else 20  # issue #12's targets
                 out.append((f"probe ping in that soak, p50 / p99 / max ({what})",
                             f"{r['ping_p50_ms']:.1f} / {r['ping_p99_ms']:.0f} / "
-                            f"{r['ping_max_ms']:.0f} ms", "p99 ≤ 20 ms",
-                            yes(r["ping_p99_ms"] <= 20)))
+                            f"{r['ping_max_ms']:.0f} ms", f"p99 ≤ {bound} ms, max ≤ 200 ms",
+                            yes(r["ping_p99_ms"] <= bound and r["ping_max_ms"] <= 200)))
     # The default-settings soak at 5,000 with Redis, repeated: every repeat's p99 and max.
     repeats = [load(f"capacity-narrow-checkpoint{suffix}") for suffix in ("", "-2", "-3")]
     soaks = [r for data in repeats if data for r in data["runs"] if "soak_s" in r]
