@@ -110,8 +110,13 @@ class Gate(Service):
         took = max(0.0, now - admitted_at)
         self.duration += DURATION_SMOOTHING * (took - self.duration)
         self._completed.append(now)
+        self._recent(now)
+
+    def _recent(self, now: float) -> int:
+        """Handshakes completed in the COMPLETION_WINDOW seconds before ``now``."""
         while self._completed and now - self._completed[0] > COMPLETION_WINDOW:
             self._completed.popleft()
+        return len(self._completed)
 
     @property
     def rate(self) -> float:
@@ -129,10 +134,7 @@ class Gate(Service):
         if configured:
             return float(configured)
         cap = conf.get("HEARTBEAT_MAX_HANDSHAKES") or 128
-        now = self.clock.monotonic()
-        while self._completed and now - self._completed[0] > COMPLETION_WINDOW:
-            self._completed.popleft()
-        measured = PROBE_UP * len(self._completed) / COMPLETION_WINDOW
+        measured = PROBE_UP * self._recent(self.clock.monotonic()) / COMPLETION_WINDOW
         return min(MAX_RATE, max(MIN_RATE, cap / max(self.duration, 1e-4), measured))
 
     def retry_after_ms(self, why: str) -> int:

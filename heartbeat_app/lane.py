@@ -193,7 +193,8 @@ class SignalLane(Service):
                     await link.layer.group_add(signal_group(room), link.channel)
                     link.rooms.add(room)
             except Exception as exc:  # the layer is down: tried again, less and less often
-                logger.warning("signals of room %s not joined, retrying: %r", room, exc)
+                log = logger.warning if delay == SYNC_RETRY else logger.debug
+                log("signals of room %s not joined, retrying: %r", room, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_SYNC_RETRY)
                 continue
@@ -233,7 +234,7 @@ class SignalLane(Service):
         # member's frames back to back (one write to its socket, not one per frame), as
         # many as a second of the budget pays for, one at least.
         while self.inbox:
-            room, link = next(iter(self.inbox))[0], next(iter(self.inbox.values()))[0]
+            (room, _, _), (link, _) = next(iter(self.inbox.items()))
             members = len(link.members.get(room, ()))
             keys = [key for key, (lk, _) in self.inbox.items()
                     if key[0] == room and lk is link][:PASS_SIGNALS]

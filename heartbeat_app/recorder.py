@@ -300,9 +300,9 @@ def _payload(rows: list[Row], fields) -> list[Row]:
 def touch(rows: list[Row]) -> None:
     """Write the checkpoint columns of many live rows: one statement, no insert attempt.
 
-    Half the cost of the whole-row upsert on SQLite (a parameter list per row, no JSON
-    to take apart per column); one UPDATE ... FROM jsonb_to_recordset on PostgreSQL. A
-    row deleted while its session lives comes back with the session's close.
+    A parameter list per row on SQLite (no JSON to take apart per column); one
+    UPDATE ... FROM jsonb_to_recordset on PostgreSQL. A row deleted while its session
+    lives comes back with the session's close.
     """
     fields = [Session._meta.get_field(name) for name in CHECKPOINT_FIELDS]
     names = [f.attname for f in fields if not f.primary_key]
@@ -310,10 +310,7 @@ def touch(rows: list[Row]) -> None:
     quote = connection.ops.quote_name
     table = quote(Session._meta.db_table)
     if vendor == "sqlite":
-        adapt = connection.ops.adapt_datetimefield_value
-        datetimes = {f.attname for f in fields if f.get_internal_type() == "DateTimeField"}
-        params = [[(str(adapt(row[n])) if n in datetimes and row[n] is not None else row[n])
-                   for n in names] + [row["id"]] for row in rows]
+        params = [[row[n] for n in names] + [row["id"]] for row in _payload(rows, fields)]
         sets = ", ".join(f"{quote(n)} = %s" for n in names)
         with connection.cursor() as cursor:
             cursor.executemany(f"UPDATE {table} SET {sets} WHERE {quote('id')} = %s", params)
