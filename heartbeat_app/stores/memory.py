@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 from ..clock import SYSTEM_CLOCK, Clock
 from ..protocol import LeaveReason
 from .base import BaseStore, Change, ReapResult, group_members
@@ -23,6 +25,9 @@ class MemoryStore(BaseStore):
         self._counts: dict[str, dict[str, int]] = {}
         self._tabs: dict[str, dict[tuple[str, str], str]] = {}
         self._instances: dict[str, tuple[int, dict]] = {}
+        # The expiry index the reaper reads: (expires_ms, room, session), one per write of
+        # an expiry. An entry whose meta has moved on since is dropped when it comes up.
+        self._expiry: list[tuple[int, str, str]] = []
         self._leases: dict[str, tuple[str, int]] = {}
 
     def _now(self, now_ms: int | None) -> int:
@@ -36,9 +41,13 @@ class MemoryStore(BaseStore):
         if meta["session"] not in entries:
             counts[meta["key"]] = counts.get(meta["key"], 0) + 1
             first = counts[meta["key"]] == 1
-        entries[meta["session"]] = (expires, meta)
+        self._hold(room, meta, expires)
         self._tabs.setdefault(room, {})[_tab(meta)] = meta["session"]
         return first
+
+    def _hold(self, room: str, meta: dict, expires: int) -> None:
+        self._rooms.setdefault(room, {})[meta["session"]] = (expires, meta)
+        heapq.heappush(self._expiry, (expires, room, meta["session"]))
 
     def _remove(self, room: str, session: str, reason: str) -> list[Change]:
         entries = self._rooms.get(room, {})
@@ -71,7 +80,7 @@ class MemoryStore(BaseStore):
             same = replaced["session"] == meta["session"]
             reason = LeaveReason.UPDATE if same else LeaveReason.REPLACED
             self._rooms[room].pop(replaced["session"])
-            self._rooms[room][meta["session"]] = (now + ttl_ms, meta)
+            self._hold(room, meta, now + ttl_ms)
             self._tabs[room][_tab(meta)] = meta["session"]
             return [Change(room, replaced["key"], replaced, False, reason, False),
                     Change(room, meta["key"], meta, True, "", False)]
@@ -102,7 +111,7 @@ class MemoryStore(BaseStore):
             if held is None:
                 missing.append((room, session))
             else:
-                self._rooms[room][session] = (now + ttl_ms, held[1])
+                self._hold(room, held[1], now + ttl_ms)
         return missing
 
     async def reap(self, instance_ttl_ms, now_ms=None):
@@ -112,12 +121,17 @@ class MemoryStore(BaseStore):
         for instance in sorted(lost):
             _, info = self._instances.pop(instance)
             result.lost_instances.append({"id": instance, **info})
-        for room in list(self._rooms):
-            for session, (expires, meta) in list(self._rooms.get(room, {}).items()):
-                if meta.get("instance") in lost:
-                    result.changes += self._remove(room, session, LeaveReason.INSTANCE_LOST)
-                elif expires <= now:
-                    result.changes += self._remove(room, session, LeaveReason.EXPIRED)
+        if lost:  # rare: a scan of every meta only when an instance was lost
+            for room in list(self._rooms):
+                for session, (_, meta) in list(self._rooms.get(room, {}).items()):
+                    if meta.get("instance") in lost:
+                        result.changes += self._remove(room, session,
+                                                       LeaveReason.INSTANCE_LOST)
+        while self._expiry and self._expiry[0][0] <= now:
+            expires, room, session = heapq.heappop(self._expiry)
+            held = self._rooms.get(room, {}).get(session)
+            if held is not None and held[0] == expires:
+                result.changes += self._remove(room, session, LeaveReason.EXPIRED)
         return result
 
     async def acquire_lease(self, name, holder, ttl_ms):

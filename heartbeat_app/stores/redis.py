@@ -8,6 +8,9 @@ Keys, under the prefix P (PRESENCE_KEY_PREFIX):
 - ``P:r:<room>:t`` hash, "tab\\nmember key" -> session (a reload of the tab replaces its
   meta; the same tab id from another member is another tab)
 - ``P:rooms`` set of rooms with members; ``P:u:<key>`` hash, room -> sessions of that key
+- ``P:x`` sorted set, "room\\nsession" -> expiry: the global expiry index the reaper
+  reads, so a pass costs what expired, not the number of rooms; ``P:xv`` says the
+  rooms written before the index are in it
 - ``P:i`` sorted set, instance -> last beat; ``P:i:<id>`` the instance key, with a TTL;
   ``P:i:<id>:s`` set of "room\\nsession" it holds; ``P:instinfo`` hash, instance -> info
 
@@ -30,6 +33,10 @@ from .base import BaseStore, Change, ReapResult, StoreUnavailable, group_members
 from .redis_scripts import SCRIPTS
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# Expired metas one reap script removes at most, and the calls of one pass: a pass
+# removes up to 100,000 and leaves the rest to the next.
+REAP_BATCH = 1000
+REAP_CALLS = 100
 
 
 class RedisStore(BaseStore):
@@ -133,10 +140,23 @@ class RedisStore(BaseStore):
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     async def reap(self, instance_ttl_ms, now_ms=None):
-        flat = await self._run("reap", [int(instance_ttl_ms), self._now_arg(now_ms)])
         result = ReapResult()
+        # Each call removes at most REAP_BATCH expired metas, so no script holds Redis
+        # for long; the pass goes on while a call says more are due.
+        for _ in range(REAP_CALLS):
+            flat = await self._run("reap", [int(instance_ttl_ms), self._now_arg(now_ms),
+                                            REAP_BATCH])
+            if not self._reap_records(flat, result):
+                break
+        return result
+
+    @staticmethod
+    def _reap_records(flat: list, result: ReapResult) -> bool:
+        """Add one reap call's records to ``result``; True if more expired metas are due."""
         i = 0
         while i < len(flat):
+            if flat[i] == "M":
+                return True
             if flat[i] == "I":
                 info = json.loads(flat[i + 2]) if flat[i + 2] else {}
                 result.lost_instances.append({"id": flat[i + 1], **info})
@@ -146,7 +166,7 @@ class RedisStore(BaseStore):
                 result.changes.append(Change(flat[i + 1], meta["key"], meta, False,
                                              flat[i + 4], bool(int(flat[i + 3]))))
                 i += 5
-        return result
+        return False
 
     async def acquire_lease(self, name, holder, ttl_ms):
         key = f"{self.prefix}:lease:{name}"

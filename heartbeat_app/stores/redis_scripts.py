@@ -33,11 +33,15 @@ local function rk(room, suffix) return P .. ':r:' .. room .. ':' .. suffix end
 local function ik(inst) return P .. ':i:' .. inst .. ':s' end
 -- A tab is scoped to its member; tab ids never hold a newline, so the field is unambiguous.
 local function tk(meta) return meta.tab .. '\n' .. meta.key end
+-- The global expiry index: "room\nsession" -> expiry, so the reaper reads only what expired.
+local function xk() return P .. ':x' end
+local function xe(room, session) return room .. '\n' .. session end
 local function remove(room, session)
   local raw = redis.call('HGET', rk(room, 'm'), session)
   if not raw then return nil end
   local meta = cjson.decode(raw)
   redis.call('ZREM', rk(room, 'z'), session)
+  redis.call('ZREM', xk(), xe(room, session))
   redis.call('HDEL', rk(room, 'm'), session)
   if redis.call('HGET', rk(room, 't'), tk(meta)) == session then
     redis.call('HDEL', rk(room, 't'), tk(meta))
@@ -58,6 +62,7 @@ local function remove(room, session)
 end
 local function place(room, meta, raw, expires)
   redis.call('ZADD', rk(room, 'z'), expires, meta.session)
+  redis.call('ZADD', xk(), expires, xe(room, meta.session))
   redis.call('HSET', rk(room, 'm'), meta.session, raw)
   redis.call('HSET', rk(room, 't'), tk(meta), meta.session)
   redis.call('SADD', P .. ':rooms', room)
@@ -90,6 +95,7 @@ if old_raw then
     -- Same member: swap the meta, no member-level leave or join.
     if old.session ~= meta.session then
       redis.call('ZREM', rk(room, 'z'), old.session)
+      redis.call('ZREM', xk(), xe(room, old.session))
       redis.call('HDEL', rk(room, 'm'), old.session)
       redis.call('SREM', ik(old.instance), room .. '\n' .. old.session)
     end
@@ -134,6 +140,7 @@ for i = 7, #ARGV, 2 do
   local room, session = ARGV[i], ARGV[i + 1]
   if redis.call('ZSCORE', rk(room, 'z'), session) then
     redis.call('ZADD', rk(room, 'z'), now + ttl, session)
+    redis.call('ZADD', xk(), now + ttl, xe(room, session))
   else
     table.insert(missing, room)
     table.insert(missing, session)
@@ -142,11 +149,24 @@ end
 return missing
 """
 
-# ARGV: P, instance_ttl, now. Returns a flat list of records:
-# 'I', instance, info  |  'L', room, meta, last, reason
+# ARGV: P, instance_ttl, now, batch. Returns a flat list of records:
+# 'I', instance, info  |  'L', room, meta, last, reason  |  'M' (more expired than batch)
+# Expired metas come from the global expiry index, at most ``batch`` a call: a pass
+# costs what expired, not the number of rooms. Rooms written before the index existed
+# are indexed once, by the first pass that finds no P:xv.
 _REAP = _PRELUDE + r"""
 local now = now_ms(ARGV[3])
+local batch = tonumber(ARGV[4])
 local out = {}
+if redis.call('EXISTS', P .. ':xv') == 0 then
+  for _, room in ipairs(redis.call('SMEMBERS', P .. ':rooms')) do
+    local scored = redis.call('ZRANGE', rk(room, 'z'), 0, -1, 'WITHSCORES')
+    for i = 1, #scored, 2 do
+      redis.call('ZADD', xk(), scored[i + 1], xe(room, scored[i]))
+    end
+  end
+  redis.call('SET', P .. ':xv', '1')
+end
 local lost = redis.call('ZRANGEBYSCORE', P .. ':i', '-inf', '(' .. (now - tonumber(ARGV[2])))
 for _, inst in ipairs(lost) do
   table.insert(out, 'I'); table.insert(out, inst)
@@ -164,15 +184,27 @@ for _, inst in ipairs(lost) do
   redis.call('ZREM', P .. ':i', inst)
   redis.call('HDEL', P .. ':instinfo', inst)
 end
-for _, room in ipairs(redis.call('SMEMBERS', P .. ':rooms')) do
-  for _, session in ipairs(redis.call('ZRANGEBYSCORE', rk(room, 'z'), '-inf', now)) do
+local due = redis.call('ZRANGEBYSCORE', xk(), '-inf', now, 'LIMIT', 0, batch)
+for _, entry in ipairs(due) do
+  local sep = string.find(entry, '\n', 1, true)
+  local room, session = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+  local expires = redis.call('ZSCORE', rk(room, 'z'), session)
+  if not expires then
+    redis.call('ZREM', xk(), entry)  -- its meta is gone: a stale index entry
+  elseif tonumber(expires) > now then
+    redis.call('ZADD', xk(), expires, entry)  -- pushed back by a writer before the index
+  else
     local removed = remove(room, session)
     if removed then
       table.insert(out, 'L'); table.insert(out, room); table.insert(out, removed[1])
       table.insert(out, removed[2]); table.insert(out, @EXPIRED@)
+    else
+      redis.call('ZREM', rk(room, 'z'), session)
+      redis.call('ZREM', xk(), entry)
     end
   end
 end
+if #due == batch then table.insert(out, 'M') end
 return out
 """
 
