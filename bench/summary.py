@@ -151,6 +151,13 @@ def rows():
                     yes("error" not in m)))
         out.append((f"count() of a room of {big['size']:,} (p50 / p99)",
                     f"{n['p50_ms']:.2f} / {n['p99_ms']:.2f} ms", "–", "reported"))
+    rp = load("reaper")
+    if rp:
+        for tag, run in rp["runs"].items():
+            CURRENT["commit"] = run["commit"]
+            big = run["rows"][-1]
+            out.append((f"Redis held by a reaper pass, {big['rooms']:,} rooms ({tag})",
+                        f"{big['redis_p50_ms']:.2f} ms p50", "–", "reported"))
     hs = load("handshake")
     if hs:
         for run in hs["runs"]:
