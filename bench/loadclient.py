@@ -8,8 +8,9 @@ can reconnect with the bundled JS client's backoff after losing the server.
 A connection counts as back only once it got the server's ``hello``. A refused
 handshake (the admission gate accepts it, sends ``{"type":"close","code":4013,
 "retry_after_ms":N}`` and closes with 4013; a draining server does the same with
-4001) is retried as heartbeat.js does: after ``retry_after_ms`` plus the backoff's
-jitter, with the attempt counter going up; refusals are recorded by close code.
+4001) is retried as heartbeat.js does: after ``retry_after_ms`` plus the first
+attempt's jitter (not the grown backoff), with the attempt counter going up;
+refusals are recorded by close code.
 
 Commands: connect | mute | report | live | stats | quit
 """
@@ -33,6 +34,16 @@ def backoff(attempt: int, base=1.0, low=0.5, high=30.0) -> float:
     cap = min(high, base * 2 ** min(attempt, 30))
     floor = min(low, cap)
     return floor + random.random() * (cap - floor)
+
+
+# How the bundled client waits after a hint, recorded with the results that used it.
+HINT_RULE = "first-jitter"
+
+
+def retry_delay(attempt: int, hint_s: float | None) -> float:
+    """heartbeat.js's wait before attempt ``attempt``: a server's hint plus U(0, base),
+    or the grown backoff when the server gave none."""
+    return hint_s + backoff(0) if hint_s else backoff(attempt)
 
 
 class Refused(Exception):
@@ -169,7 +180,7 @@ class Load:
                     self.errors[key] = self.errors.get(key, 0) + 1
                     return
                 # Outside the semaphore: a client told to wait holds no slot.
-                await asyncio.sleep(hint + backoff(attempt))
+                await asyncio.sleep(retry_delay(attempt, hint))
 
         t0 = time.time()
         await asyncio.gather(*(one(i) for i in range(len(self.clients))))
@@ -180,12 +191,12 @@ class Load:
                 "hints_ms": self.hints_ms}
 
     async def reconnect(self, i, hint_ms=None):
-        """heartbeat.js after a close: wait backoff(attempt) + the hint, try, repeat."""
+        """heartbeat.js after a close: wait (``retry_delay``), try, repeat."""
         attempt = 0
         self.clients[i] = None
         closed_at = time.time()
         while True:
-            await asyncio.sleep(backoff(attempt) + (hint_ms or 0) / 1000)
+            await asyncio.sleep(retry_delay(attempt, (hint_ms or 0) / 1000))
             try:
                 await self.open_one(i)
             except Exception as exc:

@@ -36,7 +36,7 @@ import time
 from collections import Counter
 
 from bench import rawws
-from bench.loadclient import Refused, backoff
+from bench.loadclient import Refused, retry_delay
 
 HEAD = b'{"type":"'
 LATENCY_SAMPLE = 20  # every 20th connection records the delay of each signal it gets
@@ -201,7 +201,7 @@ class Room:
                 if attempt >= 20:
                     self.errors["refused too often"] += 1
                     return
-                await asyncio.sleep(hint + backoff(attempt))
+                await asyncio.sleep(retry_delay(attempt, hint))
 
         tasks = [asyncio.ensure_future(one(start + k, k)) for k in range(n)]
         if until is None:

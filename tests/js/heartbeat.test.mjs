@@ -549,6 +549,22 @@ describe("close codes and retry hints", () => {
     assert.equal(WS.instances.length, 2);
   });
 
+  test("a hint replaces the backoff grown by earlier failures, plus the first jitter", () => {
+    const { open, ws, clock, WS, of } = setup({ random: () => 1 });
+    open();
+    ws().serverClose(1006);
+    for (let i = 1; i <= 5; i++) {  // five attempts fail before the server answers
+      clock.tick(of("retry")[i - 1].delay);
+      WS.instances[i].serverClose(1006);
+    }
+    assert.equal(of("retry")[5].delay, 30000, "unhinted: the grown backoff, at its cap");
+    clock.tick(30000);
+    WS.instances[6].serverSend({ type: "close", code: 4013, retry_after_ms: 2500 });
+    WS.instances[6].serverClose(4013, "");
+    assert.equal(of("retry")[6].delay, 3500, "the hint plus U(0, baseDelay), not 32.5 s");
+    assert.equal(of("retry")[6].attempt, 7, "the attempts still count");
+  });
+
   test("a hint in the close reason is honoured too", () => {
     assert.equal(retryHint("draining; retry_after_ms=3000"), 3000);
     assert.equal(retryHint(""), null);

@@ -651,9 +651,11 @@
         this._emit("close", {code: code, reason: reason, wasClean: wasClean, willReconnect: false});
         return;
       }
-      // A hint is a minimum; the jittered backoff on top keeps clients that were sent away
-      // together from coming back on the same millisecond.
-      var delay = backoff(this.attempt, () => this._random(), o) + (hint || 0);
+      // A hint is a minimum. The server has already spaced out the clients it sent away
+      // (each gets a slot of its own), so the wait is the hint plus the first attempt's
+      // jitter, U(0, baseDelay), not the backoff grown by the failures before it.
+      var delay = hint ? hint + backoff(0, () => this._random(), o)
+        : backoff(this.attempt, () => this._random(), o);
       var now = this._now();
       this._notBefore = hint ? now + hint : null;
       this.attempt += 1;
