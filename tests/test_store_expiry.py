@@ -38,8 +38,9 @@ async def test_a_reap_pass_reads_what_expired_not_every_room(rstore, redis_url):
     spent = {c: script_calls(redis_url, c) - n for c, n in before.items()}
     # The room scan read each of the 300 rooms' sorted sets: 301 ZRANGEBYSCOREs a pass.
     # With the index: one for the lost instances, one for the index, one ZSCORE for "gone".
-    assert spent["zrangebyscore"] <= 3, spent
-    assert spent["zrange"] == 0 and spent["zscore"] <= 2, spent
+    # The counts are the whole server's, so a margin leaves room for another client's few.
+    assert spent["zrangebyscore"] < ROOMS // 10, spent
+    assert spent["zrange"] < ROOMS // 10 and spent["zscore"] < ROOMS // 10, spent
     assert await rstore.count("room-7") == 1
 
 
