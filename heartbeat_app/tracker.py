@@ -52,8 +52,8 @@ class Tracker(Service):
         self.store = store or get_store()
         self.instance = instance_id()
         self.local: dict[str, LocalSession] = {}
-        # Sessions whose metas changed: the rooms concerned, or None for all of them.
-        self.dirty: dict[str, set[str] | None] = {}
+        # Sessions whose metas changed: the rooms whose state did, None if visibility did.
+        self.dirty: dict[str, set[str | None]] = {}
         self.unsynced_leaves: list[tuple[str, str, str]] = []
         self.unsynced_joins: set[str] = set()
         self.calls = StoreCalls(runtime)
@@ -264,9 +264,7 @@ class Tracker(Service):
         # Coalesced: whatever changes within a tick is one update per meta.
         if session_id not in self.local:
             return
-        rooms = self.dirty.get(session_id, set())
-        if rooms is not None:
-            self.dirty[session_id] = None if room is None else {*rooms, room}
+        self.dirty.setdefault(session_id, set()).add(room)
         self.ensure_running()
 
     # The tick ----------------------------------------------------------------
@@ -362,15 +360,17 @@ class Tracker(Service):
 
     async def _flush_updates(self) -> None:
         while self.dirty:
-            session_id, rooms = self.dirty.popitem()
+            session_id, marks = self.dirty.popitem()
             local = self.local.get(session_id)
             if local is None or local.leave_at is not None:
                 continue
             visible = local.state.visible
-            for room in list(local.metas) if rooms is None else rooms:
+            for room in list(local.metas) if None in marks else marks:
                 meta = local.metas.get(room)
                 if meta is None:
                     continue  # left the room meanwhile
+                if room not in marks and visible in (None, meta["visible"]):
+                    continue  # flipped and back within the tick: the room saw no change
                 local.metas[room] = {**meta, "ref": new_ref(),
                                      "visible": meta["visible"] if visible is None else visible}
                 self._queue(await self._call("update", self.store.update(
