@@ -100,6 +100,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # The list's actions need "change"; a row itself is never saved from a form.
+        return obj is None and super().has_change_permission(request)
+
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)
 

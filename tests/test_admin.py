@@ -365,3 +365,17 @@ def test_prune_deletes_old_instance_rows_that_hold_no_session(db):
                            opened_at=old, last_seen_at=old)
     call_command("heartbeat_prune", "--days", "30")
     assert list(ServerInstance.objects.values_list("id", flat=True)) == ["kept"]
+
+
+def test_the_read_only_pages_refuse_a_save_even_to_a_superuser(db, admin_client):
+    """A save from a page loaded earlier would write stale values over the server's."""
+    now = timezone.now()
+    ServerInstance.objects.create(id="inst", host="h", pid=1, started_at=now, last_beat=now)
+    Session.objects.create(id="s" * 32, user_key="k", tab="t", instance_id="inst",
+                           opened_at=now, last_seen_at=now, rtt_ms=5.0)
+    for url, form in ((f"{URL}{'s' * 32}/change/", {"user_key": "evil", "rtt_ms": "1"}),
+                      ("/admin/heartbeat_app/serverinstance/inst/change/", {"host": "evil"})):
+        assert admin_client.get(url).status_code == 200  # still readable
+        assert admin_client.post(url, form).status_code == 403, url
+    assert Session.objects.get().user_key == "k"
+    assert ServerInstance.objects.get().host == "h"
