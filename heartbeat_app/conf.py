@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     # Milliseconds a client is told to wait after a 4429 close.
     "HEARTBEAT_RETRY_AFTER_MS": 5000,
     # Handshakes in flight per process (admitted, not yet accepted or closed) above which
-    # AdmissionMiddleware refuses new ones with 1013 and a paced retry hint; None: no cap.
+    # AdmissionMiddleware refuses new ones with 4013 and a paced retry hint; None: no cap.
     "HEARTBEAT_MAX_HANDSHAKES": 128,
     # Handshakes per second a process admits, sustained; None: only the in-flight cap.
     "HEARTBEAT_CONNECT_RATE": None,
