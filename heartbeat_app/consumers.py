@@ -253,10 +253,8 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
                 reason = (CloseReason.TRANSPORT_LOST if code == CloseCode.ABNORMAL
                           else CloseReason.CLOSED)
             session.close_reason = reason
-        logger.debug(
-            "heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
-            session.close_code,
-        )
+        logger.debug("heartbeat session %s ended: %s (%s)", session.id, session.close_reason,
+                     session.close_code)
         self._heartbeat_runtime.closers.pop(session.id, None)
         metrics = self._heartbeat_runtime.metrics
         metrics.sessions.dec()
@@ -323,6 +321,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         if session.close_code is None:
             session.close_code = int(CloseCode.DRAINING)
             session.close_reason = CloseReason.SERVER_SHUTDOWN
+        session.retry_after_ms = retry_after_ms  # its presence is kept for this plus the grace
         try:
             await self._heartbeat_close_with_hint(
                 CloseCode.DRAINING, "server restarting", retry_after_ms)

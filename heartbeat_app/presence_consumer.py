@@ -142,12 +142,14 @@ class PresenceMixin:
         # with the same tab id within the grace; an explicit close (1000) or a
         # server-side close leaves at once.
         # A drain (4001) closes the session here and sends the tab elsewhere: its
-        # meta is kept for the grace too, so the member does not blink.
+        # meta is kept for the grace after the moment the tab was told to come back,
+        # so the member does not blink.
         grace = session.close_reason == CloseReason.TRANSPORT_LOST or (
             session.close_reason == CloseReason.CLOSED
             and session.close_code not in (1000, None)
         ) or session.close_code == CloseCode.DRAINING
-        await tracker.leave(session, LeaveReason.CLOSED, grace=grace)
+        after = (session.retry_after_ms or 0) / 1000  # set by a drain only
+        await tracker.leave(session, LeaveReason.CLOSED, grace=grace, after=after)
 
     def _presence_visibility(self, session: SessionState) -> None:
         if self._presence_tracker is not None:

@@ -21,7 +21,7 @@ class SessionState:
         "rooms", "opened_at", "interval", "timeout", "phase",
         "last_heard", "probe_id", "probe_sent_at", "probe_sent_raw", "probes_sent",
         "last_probe_wall", "rtt", "rtt_avg", "visible", "frames_in", "bucket", "inbound",
-        "closed", "close_code", "close_reason", "zombie_at", "zombie_wall",
+        "closed", "close_code", "close_reason", "retry_after_ms", "zombie_at", "zombie_wall",
         "on_probe", "on_zombie", "extra",
     )
 
@@ -73,6 +73,7 @@ class SessionState:
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
+        self.retry_after_ms: int | None = None  # the hint sent with the server's close
         self.zombie_at: float | None = None
         self.zombie_wall: float | None = None
         self.on_probe = on_probe

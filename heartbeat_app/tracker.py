@@ -239,8 +239,8 @@ class Tracker(Service):
                 "online_at": int(state.opened_at * 1000), "instance": self.instance,
                 "channel": state.channel, "ref": new_ref()}
 
-    async def leave(self, state: SessionState, reason: LeaveReason, grace: bool) -> None:
-        """A session ended: leave its rooms now, or after the leave grace."""
+    async def leave(self, state: SessionState, reason: LeaveReason, grace: bool, after=0.0):
+        """A session ended: leave its rooms now, or ``after`` seconds plus the leave grace."""
         local = self.local.get(state.id)
         if local is None or local.leave_at is not None:
             return
@@ -249,7 +249,7 @@ class Tracker(Service):
         # (channels_redis' pool raises MaxConnectionsError when it runs out).
         self._discards += [(local.layer, group_name(room), state.channel) for room in local.metas]
         local.reason = reason
-        delay = conf.get("PRESENCE_LEAVE_GRACE") if grace else 0
+        delay = conf.get("PRESENCE_LEAVE_GRACE") + after if grace else 0
         if delay:
             local.leave_at = self.clock.monotonic() + delay
             return

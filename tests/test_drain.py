@@ -1,5 +1,6 @@
 """The drain: every session closed with 4001 and a spread hint, presence and rows flushed."""
 
+import asyncio
 import json
 import random
 
@@ -126,3 +127,30 @@ async def test_stop_listening_closes_asyncio_servers_and_keeps_open_connections(
     writer.close()
     server.close()  # the server's own close afterwards is harmless
     assert stop_listening() == 0
+
+
+async def test_a_drained_tabs_presence_is_kept_its_hint_plus_the_grace(real_time):
+    """Told to come back in h ms, a tab keeps its meta h ms + the grace: no blink if it does."""
+    clients = {}
+    for i in range(6):
+        communicator = WebsocketCommunicator(Room.as_asgi(), f"/ws/?tab=k{i}")
+        assert (await communicator.connect())[0]
+        hello = await communicator.receive_json_from()
+        assert (await communicator.receive_json_from())["type"] == "presence_state"
+        clients[hello["session"]] = communicator
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    draining = asyncio.ensure_future(drain(real_time))
+    gone: dict[str, float] = {}
+    while not draining.done():
+        listed = {m["session"] for member in (await presence.amembers("hall")).values()
+                  for m in member["metas"]}
+        for session in clients.keys() - listed - gone.keys():
+            gone[session] = loop.time() - started
+        await asyncio.sleep(TICK / 2)
+    await draining
+    assert gone.keys() == clients.keys()
+    for session, communicator in clients.items():
+        notice, _ = await drained(communicator)
+        kept = notice["retry_after_ms"] / 1000 + GRACE
+        assert gone[session] >= kept, (session, gone[session], kept)
