@@ -46,9 +46,12 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_HOLD_UNTIL_JOINED": False,
     # Milliseconds: the shortest retry hint a refused or drained client is given.
     "HEARTBEAT_RETRY_MIN_MS": 500,
-    # Seconds over which a draining process spreads its clients' return (their retry hints);
-    # keep it well under PRESENCE_LEAVE_GRACE, or returning tabs blink (check W013).
+    # Seconds over which a draining process spreads its clients' return (their retry hints),
+    # at the least; each drained tab's presence is kept for its hint plus the leave grace.
     "HEARTBEAT_DRAIN_SPREAD": 2.0,
+    # Sessions a second the other processes take back from a draining one: the spread
+    # grows to sessions / rate, within HEARTBEAT_DRAIN_TIMEOUT (check W013); None: fixed.
+    "HEARTBEAT_DRAIN_RATE": 400.0,
     # Seconds a drain may take in all before the server's own shutdown goes on.
     "HEARTBEAT_DRAIN_TIMEOUT": 20.0,
     # A drain first closes the process's listening sockets, so a proxy sends new

@@ -10,11 +10,13 @@ comes, and the session rows end ``instance_lost``. Drained, the process:
    socket shared with other workers, a server this cannot reach) are refused with 4001
    and a retry hint, by the admission gate and the mixin;
 2. closes every session with a ``close`` notice and 4001, each with a retry hint
-   drawn over ``HEARTBEAT_DRAIN_SPREAD`` seconds, so the clients come back spread
-   out, to the processes that are still up;
-3. keeps its tracker ticking until every leave grace has run out, so a tab that
-   came back on another process within the grace replaces its meta (no blink)
-   and the others leave, broadcast to the other processes;
+   drawn over the spread: ``HEARTBEAT_DRAIN_SPREAD`` seconds at the least, longer when
+   it has more sessions than ``HEARTBEAT_DRAIN_RATE`` a second of it would send back,
+   so the clients come back at a pace the processes still up can take;
+3. keeps each drained tab's presence for its hint plus the leave grace, its tracker
+   ticking until the last has run out, so a tab that came back on another process in
+   that time replaces its meta (no blink) and the others leave, broadcast to the
+   other processes;
 4. writes the session rows (``server_shutdown``) and its instance's ``stopped_at``;
 5. hands the signal back to the server, which shuts down as it would have.
 
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 # Sessions closed before the drain yields to the event loop once.
 CLOSE_BATCH = 64
+# Seconds of HEARTBEAT_DRAIN_TIMEOUT kept for the closes and the last writes: the spread
+# grows to at most the timeout less the leave grace and this.
+DRAIN_MARGIN = 2.0
 
 Closer = Callable[[int], Awaitable[None]]
 
@@ -56,9 +61,9 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     runtime.service(Gate).draining = True
     clock = runtime.clock
     deadline = clock.monotonic() + conf.get("HEARTBEAT_DRAIN_TIMEOUT")
-    spread_ms = int((conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0) * 1000)
     floor_ms = conf.get("HEARTBEAT_RETRY_MIN_MS")
     closers = list(runtime.closers.values())
+    spread_ms = int(spread(len(closers)) * 1000)
     listeners = stop_listening() if conf.get("HEARTBEAT_DRAIN_STOP_LISTENING") else 0
     logger.warning("draining %d sessions (retry hints spread over %d ms, %d listening "
                    "sockets closed)", len(closers), spread_ms, listeners)
@@ -86,6 +91,22 @@ async def drain(runtime: Runtime) -> dict[str, int]:
         await recorder.step(force=True, final=True)
     logger.warning("drain done: %d sessions closed", len(closers))
     return {"sessions": len(closers)}
+
+
+def spread(sessions: int) -> float:
+    """Seconds over which a drain of ``sessions`` spreads their retry hints.
+
+    ``HEARTBEAT_DRAIN_SPREAD`` at the least; ``sessions / HEARTBEAT_DRAIN_RATE`` when
+    that is longer, so the processes still up are not sent more than they take (a tab
+    they greet after its grace blinks); never so long that the last tabs' hint plus
+    their grace outlasts ``HEARTBEAT_DRAIN_TIMEOUT``.
+    """
+    least = conf.get("HEARTBEAT_DRAIN_SPREAD") or 0.0
+    rate = conf.get("HEARTBEAT_DRAIN_RATE")
+    if not rate:
+        return least
+    room = conf.get("HEARTBEAT_DRAIN_TIMEOUT") - conf.get("PRESENCE_LEAVE_GRACE") - DRAIN_MARGIN
+    return max(least, min(sessions / rate, room))
 
 
 def prepare(runtime: Runtime) -> None:

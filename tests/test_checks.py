@@ -323,6 +323,8 @@ def test_e008_names_the_three_kinds_of_value_and_the_default():
     ("HEARTBEAT_RETRY_MIN_MS", -5, "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_SPREAD", "5", "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_TIMEOUT", 0, "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_RATE", -10, "heartbeat_app.E013"),
+    ("HEARTBEAT_DRAIN_RATE", "400", "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_ON_SIGTERM", "yes", "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_STOP_LISTENING", 1, "heartbeat_app.E013"),
     ("HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT", -1.0, "heartbeat_app.E016"),
@@ -337,6 +339,25 @@ def test_default_admission_and_drain_settings_pass(settings):
     settings.HEARTBEAT_MAX_HANDSHAKES = None
     ids = {e.id for e in check_settings()}
     assert not ids & {"heartbeat_app.E012", "heartbeat_app.E013"}
+
+
+@pytest.mark.parametrize("spread, grace, timeout", [(14.0, 5.0, 20.0), (2.0, 20.0, 20.0)])
+def test_a_drain_whose_spread_and_grace_outlast_its_timeout_is_w013(settings, spread, grace,
+                                                                    timeout):
+    settings.HEARTBEAT_DRAIN_SPREAD = spread
+    settings.PRESENCE_LEAVE_GRACE = grace
+    settings.HEARTBEAT_DRAIN_TIMEOUT = timeout
+    warning = next(e for e in check_settings() if e.id == "heartbeat_app.W013")
+    assert "HEARTBEAT_DRAIN_TIMEOUT" in warning.msg
+
+
+@pytest.mark.parametrize("spread, grace, timeout", [(2.0, 5.0, 20.0), (13.0, 5.0, 20.0),
+                                                    (None, 5.0, 7.0)])
+def test_a_drain_spread_within_its_timeout_is_fine(settings, spread, grace, timeout):
+    settings.HEARTBEAT_DRAIN_SPREAD = spread
+    settings.PRESENCE_LEAVE_GRACE = grace
+    settings.HEARTBEAT_DRAIN_TIMEOUT = timeout
+    assert "heartbeat_app.W013" not in {e.id for e in check_settings()}
 
 
 # Every setting ---------------------------------------------------------------------------
@@ -360,6 +381,7 @@ BAD_VALUES = {
     "HEARTBEAT_CONNECT_RATE": (-1, "E012"),
     "HEARTBEAT_RETRY_MIN_MS": (-5, "E013"),
     "HEARTBEAT_DRAIN_SPREAD": (-1, "E013"),
+    "HEARTBEAT_DRAIN_RATE": (0, "E013"),
     "HEARTBEAT_DRAIN_TIMEOUT": (None, "E013"),
     "HEARTBEAT_DRAIN_ON_SIGTERM": ("yes", "E013"),
     "HEARTBEAT_DRAIN_STOP_LISTENING": ("no", "E013"),

@@ -14,7 +14,7 @@ from heartbeat_app import presence, stores
 from heartbeat_app.admission import AdmissionMiddleware
 from heartbeat_app.clock import SYSTEM_CLOCK
 from heartbeat_app.consumers import HeartbeatMixin
-from heartbeat_app.drain import drain
+from heartbeat_app.drain import drain, spread
 from heartbeat_app.instance import instance_id
 from heartbeat_app.models import ServerInstance, Session
 
@@ -142,11 +142,14 @@ async def test_a_drained_tabs_presence_is_kept_its_hint_plus_the_grace(real_time
     started = loop.time()
     draining = asyncio.ensure_future(drain(real_time))
     gone: dict[str, float] = {}
-    while not draining.done():
+    while True:
+        done = draining.done()  # read before the poll: a last leave may land meanwhile
         listed = {m["session"] for member in (await presence.amembers("hall")).values()
                   for m in member["metas"]}
         for session in clients.keys() - listed - gone.keys():
             gone[session] = loop.time() - started
+        if done:
+            break
         await asyncio.sleep(TICK / 2)
     await draining
     assert gone.keys() == clients.keys()
@@ -154,3 +157,32 @@ async def test_a_drained_tabs_presence_is_kept_its_hint_plus_the_grace(real_time
         notice, _ = await drained(communicator)
         kept = notice["retry_after_ms"] / 1000 + GRACE
         assert gone[session] >= kept, (session, gone[session], kept)
+
+
+@pytest.mark.parametrize("sessions, expected", [(0, 2.0), (400, 2.0), (4000, 10.0),
+                                                (20_000, 13.0)])
+def test_the_spread_grows_with_the_sessions_within_the_drains_time(settings, sessions,
+                                                                   expected):
+    """At least HEARTBEAT_DRAIN_SPREAD; sessions / HEARTBEAT_DRAIN_RATE; at most the timeout
+    less the grace and 2 s for the closes."""
+    settings.HEARTBEAT_DRAIN_SPREAD = 2.0
+    settings.HEARTBEAT_DRAIN_RATE = 400.0
+    settings.HEARTBEAT_DRAIN_TIMEOUT = 20.0
+    settings.PRESENCE_LEAVE_GRACE = 5.0
+    assert spread(sessions) == pytest.approx(expected)
+    settings.HEARTBEAT_DRAIN_RATE = None
+    assert spread(sessions) == 2.0
+
+
+async def test_a_drain_of_more_sessions_than_its_rate_spreads_them_longer(real_time, settings):
+    settings.HEARTBEAT_DRAIN_RATE = 10.0  # 40 sessions: hints over 4 s, not 2
+    clients = [await open_client(f"s{i}") for i in range(40)]
+    drained_at = asyncio.get_running_loop().time()
+    draining = asyncio.ensure_future(drain(real_time))
+    hints = [(await drained(c))[0]["retry_after_ms"] for c in clients]
+    assert all(300 <= hint <= 4300 for hint in hints), hints
+    # Beyond the fixed spread: the rate spread them (all 40 under 2.3 s: odds of 2^-40).
+    assert max(hints) > 2300, hints
+    await draining
+    # Each tab was kept for its hint plus the grace: the drain lasted the longest of them.
+    assert asyncio.get_running_loop().time() - drained_at >= max(hints) / 1000 + GRACE

@@ -174,13 +174,17 @@ def _check_restarts() -> list:
     """The admission gate's and the drain's settings."""
     errors = []
     spread, grace = conf.get("HEARTBEAT_DRAIN_SPREAD"), conf.get("PRESENCE_LEAVE_GRACE")
-    if is_seconds(spread, allow_none=False) and is_seconds(grace, allow_none=False) and (
-            spread > grace / 2):
+    timeout = conf.get("HEARTBEAT_DRAIN_TIMEOUT")
+    if (is_seconds(spread, allow_none=False) and is_seconds(grace, allow_none=False)
+            and is_seconds(timeout, allow_none=False) and spread + grace + 2 > timeout):
         errors.append(Warning(
-            f"HEARTBEAT_DRAIN_SPREAD ({spread} s) is more than half of PRESENCE_LEAVE_GRACE "
-            f"({grace} s): tabs sent back late by a drain, plus their backoff, pass their "
-            "grace and their members blink (leave and join again) for the others.",
-            hint="Keep the drain spread under half the leave grace (the defaults: 2 s and 5 s).",
+            f"HEARTBEAT_DRAIN_SPREAD ({spread} s) plus PRESENCE_LEAVE_GRACE ({grace} s) and "
+            f"2 s for the closes is longer than HEARTBEAT_DRAIN_TIMEOUT ({timeout} s): the "
+            "drain ends before the last drained tabs' presence has been kept for their hint "
+            "and grace, and members that do not come back stay listed until the process "
+            "is found lost.",
+            hint="Lengthen HEARTBEAT_DRAIN_TIMEOUT (within what your process manager waits "
+                 "after SIGTERM) or shorten the spread (the defaults: 2 s, 5 s and 20 s).",
             id="heartbeat_app.W013",
         ))
     cap = conf.get("HEARTBEAT_MAX_HANDSHAKES")
@@ -197,20 +201,22 @@ def _check_restarts() -> list:
             id="heartbeat_app.E012",
         ))
     retry = conf.get("HEARTBEAT_RETRY_MIN_MS")
-    spread = conf.get("HEARTBEAT_DRAIN_SPREAD")
-    timeout = conf.get("HEARTBEAT_DRAIN_TIMEOUT")
+    drain_rate = conf.get("HEARTBEAT_DRAIN_RATE")
     on_sigterm = conf.get("HEARTBEAT_DRAIN_ON_SIGTERM")
     stop_listening = conf.get("HEARTBEAT_DRAIN_STOP_LISTENING")
     if not (is_count(retry, allow_none=False, minimum=0)
             and (spread == 0 or is_seconds(spread, allow_none=True))
             and is_seconds(timeout, allow_none=False) and isinstance(on_sigterm, bool)
-            and isinstance(stop_listening, bool)):
+            and is_seconds(drain_rate, allow_none=True) and isinstance(stop_listening, bool)):
         errors.append(Error(
             "HEARTBEAT_RETRY_MIN_MS must be a non-negative integer, HEARTBEAT_DRAIN_SPREAD "
-            "non-negative seconds or None, HEARTBEAT_DRAIN_TIMEOUT positive seconds, and "
-            "HEARTBEAT_DRAIN_ON_SIGTERM and HEARTBEAT_DRAIN_STOP_LISTENING booleans (got "
-            f"{retry!r}, {spread!r}, {timeout!r}, {on_sigterm!r}, {stop_listening!r}).",
-            hint="The defaults are 500, 2.0, 20.0, True and True; see docs/deployment.md.",
+            "non-negative seconds or None, HEARTBEAT_DRAIN_TIMEOUT positive seconds, "
+            "HEARTBEAT_DRAIN_RATE a positive number or None, and HEARTBEAT_DRAIN_ON_SIGTERM "
+            "and HEARTBEAT_DRAIN_STOP_LISTENING booleans (got "
+            f"{retry!r}, {spread!r}, {timeout!r}, {drain_rate!r}, {on_sigterm!r}, "
+            f"{stop_listening!r}).",
+            hint="The defaults are 500, 2.0, 20.0, 400.0, True and True; see "
+                 "docs/deployment.md.",
             id="heartbeat_app.E013",
         ))
     close_timeout = conf.get("HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT")
