@@ -257,7 +257,8 @@ def run(args):
                      "all_back_s": t_back - t_term if t_back else None,
                      "reconnected": sum(len(s["arrivals"]) for s in stats) - arrivals0,
                      "open_after": sum(s["open"] for s in stats),
-                     "drain_log": old.log().count("drain")}
+                     "drain_log": old.log().count("drain"),
+                     "drain_done": drain_done(old.log())}
             print(phase, flush=True)
             phases.append(phase)
             time.sleep(args.between)
@@ -320,6 +321,13 @@ def run(args):
     name = f"rolling-{args.tag}" if args.tag else "rolling"
     bl.save_results(name, data)
     bl.update_doc(name, render(data, name))
+
+
+def drain_done(log: str) -> str:
+    """What the drain said at its end: done in how long, or timed out (then both)."""
+    said = [line.split("heartbeat_app.drain", 1)[-1].strip() for line in log.splitlines()
+            if "drain done" in line or "drain timed out" in line]
+    return "; ".join(said) or "no drain logged"
 
 
 def nginx_error_kinds(text: str) -> dict[str, int]:
@@ -398,13 +406,13 @@ def render(data, name="rolling"):
         "a *ghost* is a listed meta of a session no client holds open. Targets: 0 blinks, "
         "0 ghosts.", "",
         "| restarted | clients open before | process exited after SIGTERM | port open again "
-        "| all back | reconnections |",
-        "|---|---|---|---|---|---|",
+        "| all back | reconnections | the drain's last log line |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in s["phases"]:
         lines.append(f"| {p['server'].upper()} | {p['open_before']:,} | {p['exit_s']:.1f} s | "
                      f"{p['ready_s']:.1f} s | {bl.fmt(p['all_back_s'], 1)} s | "
-                     f"{p['reconnected']:,} |")
+                     f"{p['reconnected']:,} | {p.get('drain_done', 'not recorded')} |")
     lines += [
         "", "| | |", "|---|---|",
         f"| members that blinked (target 0) | **{s['blinks']:,}** ({s['blinked_keys']:,} "

@@ -9,8 +9,8 @@ comes, and the session rows end ``instance_lost``. Drained, the process:
    instead of a returning tab being sent back here; handshakes that still arrive (a
    socket shared with other workers, a server this cannot reach) are refused with 4001
    and a retry hint, by the admission gate and the mixin;
-2. closes every session with a ``close`` notice and 4001, each with a retry hint
-   drawn over the spread: ``HEARTBEAT_DRAIN_SPREAD`` seconds at the least, longer when
+2. closes every session with a ``close`` notice and 4001, each with a retry hint that
+   puts the returns evenly over the spread, counted from the drain's start: ``HEARTBEAT_DRAIN_SPREAD`` seconds at the least, longer when
    it has more sessions than ``HEARTBEAT_DRAIN_RATE`` a second of it would send back,
    so the clients come back at a pace the processes still up can take;
 3. keeps each drained tab's presence for its hint plus the leave grace, its tracker
@@ -60,7 +60,8 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     runtime.draining = True
     runtime.service(Gate).draining = True
     clock = runtime.clock
-    deadline = clock.monotonic() + conf.get("HEARTBEAT_DRAIN_TIMEOUT")
+    started = clock.monotonic()
+    deadline = started + conf.get("HEARTBEAT_DRAIN_TIMEOUT")
     floor_ms = conf.get("HEARTBEAT_RETRY_MIN_MS")
     closers = list(runtime.closers.values())
     spread_ms = int(spread(len(closers)) * 1000)
@@ -68,8 +69,12 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     logger.warning("draining %d sessions (retry hints spread over %d ms, %d listening "
                    "sockets closed)", len(closers), spread_ms, listeners)
     for count, closer in enumerate(closers, 1):
+        # When this tab is to come back, from the drain's start: the n returns evenly over
+        # the spread in the order of the closes, each at random within its n-th, so they
+        # keep to the spread (and the drain to its time) however long the closes take.
+        due_ms = floor_ms + spread_ms * (count - 1 + runtime.rng()) / len(closers)
         try:
-            await closer(floor_ms + int(runtime.rng() * spread_ms))
+            await closer(max(floor_ms, int(due_ms - (clock.monotonic() - started) * 1000)))
         except Exception:
             logger.exception("closing a session for the drain failed")
         if count % CLOSE_BATCH == 0:
@@ -89,7 +94,8 @@ async def drain(runtime: Runtime) -> dict[str, int]:
     if recorder is not None and conf.get("HEARTBEAT_RECORD_SESSIONS"):
         await recorder.stop()
         await recorder.step(force=True, final=True)
-    logger.warning("drain done: %d sessions closed", len(closers))
+    logger.warning("drain done: %d sessions closed in %.1f s", len(closers),
+                   clock.monotonic() - started)
     return {"sessions": len(closers)}
 
 
