@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_DRAIN_SPREAD": 2.0,
     # Sessions a second the other processes take back from a draining one: the spread
     # grows to sessions / rate, within HEARTBEAT_DRAIN_TIMEOUT (check W013); None: fixed.
-    "HEARTBEAT_DRAIN_RATE": 400.0,
+    "HEARTBEAT_DRAIN_RATE": 300.0,
     # Seconds a drain may take in all before the server's own shutdown goes on.
     "HEARTBEAT_DRAIN_TIMEOUT": 20.0,
     # A drain first closes the process's listening sockets, so a proxy sends new

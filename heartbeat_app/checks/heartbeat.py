@@ -215,7 +215,7 @@ def _check_restarts() -> list:
             "and HEARTBEAT_DRAIN_STOP_LISTENING booleans (got "
             f"{retry!r}, {spread!r}, {timeout!r}, {drain_rate!r}, {on_sigterm!r}, "
             f"{stop_listening!r}).",
-            hint="The defaults are 500, 2.0, 20.0, 400.0, True and True; see "
+            hint="The defaults are 500, 2.0, 20.0, 300.0, True and True; see "
                  "docs/deployment.md.",
             id="heartbeat_app.E013",
         ))
