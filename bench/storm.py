@@ -222,6 +222,8 @@ def render_one(data, rule="grown"):
         f"| 50 % / 99 % / all back | {bl.fmt(s['t50_s'], 1)} / {bl.fmt(s['t99_s'], 1)} / "
         f"{bl.fmt(s['t100_s'], 1)} s after the kill |",
         f"| peak arrivals | {s['peak_per_s']:,} per second |",
+        f"| handshakes completed / attempts failed, per 10 s after the kill | "
+        f"{windows(data)} |",
         f"| failed attempts | {s['failed_attempts']:,} ({errors}) |",
         f"| handshakes refused with an HTTP status (Daphne answers 403 when the app fails "
         f"before accepting) | {s.get('http_refused', 0):,} |",
@@ -243,6 +245,19 @@ def render_one(data, rule="grown"):
         "", "Targets: " + "; ".join(targets(s)) + ".", "",
         *cause(s, rule),
     ]
+
+
+def windows(run, width=10.0, count=6) -> str:
+    """Completed handshakes and failed attempts in each ``width`` s after the kill."""
+    if "arrivals_s" not in run:
+        return "not recorded"
+    cells = []
+    for i in range(count):
+        lo, hi = i * width, (i + 1) * width
+        done = sum(lo <= t < hi for t in run["arrivals_s"])
+        failed = sum(lo <= t < hi for t in run["failures_s"])
+        cells.append(f"{lo:g}–{hi:g} s: {done:,} / {failed:,}")
+    return " · ".join(cells)
 
 
 def cause(s, rule="grown"):
