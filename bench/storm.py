@@ -18,6 +18,8 @@ import sys
 import time
 
 from bench import benchlib as bl
+from bench.bigroom import py_spy, stop_spy
+from bench.bigroom_report import profile_table
 from bench.loadclient import HINT_RULE
 
 
@@ -63,6 +65,8 @@ def storm(work, n_clients, args):
         server = bl.Server(work, "daphne", env, name="storm", port=server.port).start()
         t_ready = time.time()
         c0 = server.cpu_seconds()
+        raw = str(work.path / f"storm-{n_clients}.spy") if args.profile else None
+        spy = py_spy(server.proc.pid, args.profile, raw) if args.profile else None
         deadline = time.time() + args.wait
         while time.time() < deadline:
             time.sleep(2)
@@ -74,6 +78,7 @@ def storm(work, n_clients, args):
         t_end, c1 = time.time(), server.cpu_seconds()
         stats = [c.cmd("stats") for c in clients]
         ps = pinger.cmd("stats")
+        profile = stop_spy(spy, raw) if spy is not None else None
     finally:
         for c in [*clients, *([pinger] if pinger else [])]:
             c.close()
@@ -125,7 +130,8 @@ def storm(work, n_clients, args):
     }
     print(summary, flush=True)
     time.sleep(2)
-    return {"summary": summary, "arrivals_s": arrivals, "failures_s": failures, "ping": rtts}
+    return {"summary": summary, "arrivals_s": arrivals, "failures_s": failures, "ping": rtts,
+            "profile": profile, "profile_s": args.profile}
 
 
 def plot(data, name="storm"):
@@ -244,6 +250,11 @@ def render_one(data, rule="grown"):
         f"| tracebacks in the server log | {s['tracebacks']} |",
         "", "Targets: " + "; ".join(targets(s)) + ".", "",
         *cause(s, rule),
+        *(profile_table(data["profile"], f"Profile of the first {data['profile_s']:g} s after "
+                        f"the restart (py-spy on the client CPU, 100 Hz, "
+                        f"{data['profile']['total']:,} samples; idle time not sampled), most "
+                        "samples on the stack:")
+          if data.get("profile") and data["profile"]["total"] else []),
     ]
 
 
@@ -317,6 +328,8 @@ def main():
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--inflight", type=int, default=50,
                         help="handshakes in flight per client process for the first connect")
+    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                        help="py-spy over this long after the restart (needs py-spy)")
     parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
