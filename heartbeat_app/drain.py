@@ -10,9 +10,10 @@ comes, and the session rows end ``instance_lost``. Drained, the process:
    socket shared with other workers, a server this cannot reach) are refused with 4001
    and a retry hint, by the admission gate and the mixin;
 2. closes every session with a ``close`` notice and 4001, each with a retry hint that
-   puts the returns evenly over the spread, counted from the drain's start: ``HEARTBEAT_DRAIN_SPREAD`` seconds at the least, longer when
-   it has more sessions than ``HEARTBEAT_DRAIN_RATE`` a second of it would send back,
-   so the clients come back at a pace the processes still up can take;
+   puts the returns evenly over the spread, counted from the drain's start: the spread
+   is ``HEARTBEAT_DRAIN_SPREAD`` seconds at the least, longer when it has more sessions
+   than ``HEARTBEAT_DRAIN_RATE`` a second of it would send back, so the clients come
+   back at a pace the processes still up can take;
 3. keeps each drained tab's presence for its hint plus the leave grace, its tracker
    ticking until the last has run out, so a tab that came back on another process in
    that time replaces its meta (no blink) and the others leave, broadcast to the
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable
 
 from . import conf
 from .admission import Gate
-from .listeners import lengthen_close_timeout, stop_listening
+from .listeners import defer_autobahn_pformat, lengthen_close_timeout, stop_listening
 from .recorder import Recorder
 from .runtime import Runtime
 from .tracker import Tracker
@@ -118,6 +119,7 @@ def spread(sessions: int) -> float:
 def prepare(runtime: Runtime) -> None:
     """Ready the process for a drain; called with every session's open, cheap after the first."""
     lengthen_close_timeout()
+    defer_autobahn_pformat()
     install_signal_handler(runtime)
 
 

@@ -1,4 +1,5 @@
-"""What the package reaches into the ASGI server for: its listening sockets and its close timer.
+"""What the package reaches into the ASGI server for: its listening sockets, its close timer,
+and one formatting cost of autobahn's on every connection.
 
 ASGI gives an application no handle on the server's sockets, so the two things a
 drain needs from below the protocol are found in the running process: Daphne's
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pprint
 import select
 import sys
 
@@ -17,7 +19,7 @@ from . import conf
 
 logger = logging.getLogger(__name__)
 
-_tuned = {"close_timeout": False}
+_tuned = {"close_timeout": False, "pformat": False}
 
 
 def stop_listening() -> int:
@@ -65,6 +67,47 @@ def lengthen_close_timeout() -> None:
         for protocol in list(getattr(port.factory.server, "connections", {})):
             if hasattr(protocol, "closeHandshakeTimeout"):
                 protocol.closeHandshakeTimeout = seconds
+
+
+class _Deferred:
+    """``pprint.pformat(value)``, worked out only when the text is used."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __str__(self) -> str:
+        return pprint.pformat(*self.args, **self.kwargs)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def defer_autobahn_pformat() -> bool:
+    """Stop autobahn formatting a debug line nobody reads on every connection.
+
+    Each WebSocket connection under Daphne pretty-prints autobahn's ~40 protocol
+    options for a ``log.debug`` line, whether debug logging is on or not; in a restart
+    storm that was 7.4 % of the process's samples (``bench.storm --profile``), paid by
+    every handshake, refused ones too. Autobahn's module gets a ``pformat`` that
+    formats only when the line is written; its own ``Timings.__str__``, which must
+    return text, keeps the real one. Done once per process; False if autobahn is not
+    loaded or not as expected.
+    """
+    if _tuned["pformat"]:
+        return False
+    _tuned["pformat"] = True
+    module = sys.modules.get("autobahn.websocket.protocol")
+    timings = getattr(module, "Timings", None)
+    if module is None or getattr(module, "pformat", None) is not pprint.pformat or (
+            timings is None):
+        return False
+    timings.__str__ = lambda self: pprint.pformat(self._timings)
+    module.pformat = _Deferred
+    return True
 
 
 def _twisted_ports() -> list:
