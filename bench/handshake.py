@@ -202,9 +202,10 @@ def run(args):
     work = bl.Workdir("handshake")
     runs = [layer_run(work, layer, args) for layer in args.layers.split(",")]
     data = {"machine": facts, "commit": args.commit, "args": vars(args), "runs": runs}
-    bl.save_results("handshake", data)
-    plot(data)
-    bl.update_doc("handshake", render(data))
+    name = f"handshake-{args.tag}" if args.tag else "handshake"
+    bl.save_results(name, data)
+    plot(data, name)
+    bl.update_doc(name, render(data, name))
 
 
 def summarize(run1):
@@ -224,7 +225,7 @@ def summarize(run1):
     return out
 
 
-def plot(data):
+def plot(data, name="handshake"):
     plt = bl.pyplot()
     runs = data["runs"]
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
@@ -240,17 +241,19 @@ def plot(data):
                      f"[{ratio['min']:.2f}–{ratio['max']:.2f}]")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(bl.plot_path("handshake"))
+    fig.savefig(bl.plot_path(name))
 
 
-def render(data):
+def render(data, name="handshake"):
     a = data["args"]
+    tag = name.removeprefix("handshake").lstrip("-")
     lines = [
-        "## Handshake cost: mixin against a bare consumer", "",
+        "## Handshake cost: mixin against a bare consumer" + (f" ({tag})" if tag else ""), "",
         f"Commit `{data['commit']}`. " + bl.machine_line(data["machine"]), "",
         f"Command: `.venv/bin/python -m bench.handshake --rounds {a['rounds']} --connections "
         f"{a['connections']} --inflight {a['inflight']} --layers {a['layers']}"
-        f"{' --profile' if a['profile'] else ''}` (results: `bench/results/handshake.json`).",
+        f"{' --profile' if a['profile'] else ''}"
+        f"{' --tag ' + a['tag'] if a.get('tag') else ''}` (results: `bench/results/{name}.json`).",
         "",
         "One Daphne process (CPU 0) serves both variants behind the same middleware stack, "
         "the demo's with `AdmissionMiddleware` outermost: the demo's `RoomConsumer` at "
@@ -265,7 +268,7 @@ def render(data):
         f"the round's first connect until {a['settle']:g} s after its last close, so the "
         "work a close leaves to later ticks (presence leaves after the leave grace, "
         "session rows) counts in its round. The ratio is paired within each round.", "",
-        "![CPU per handshake, mixin and bare, per round](img/bench-handshake.png)", "",
+        f"![CPU per handshake, mixin and bare, per round](img/bench-{name}.png)", "",
         "| layer | variant | CPU ms per open + greet + close, median [min–max] | handshakes/s, "
         "median [min–max] | hello p50 / p99 ms | completed | refused | errors |",
         "|---|---|---|---|---|---|---|---|",
@@ -326,9 +329,10 @@ def render(data):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--render":
         # Redraw the plot and the doc section from the saved results, without measuring.
-        data = json.loads((bl.RESULTS / "handshake.json").read_text())
-        plot(data)
-        bl.update_doc("handshake", render(data))
+        name = sys.argv[2] if len(sys.argv) > 2 else "handshake"
+        data = json.loads((bl.RESULTS / f"{name}.json").read_text())
+        plot(data, name)
+        bl.update_doc(name, render(data, name))
         return
     if len(sys.argv) > 2 and sys.argv[1] == "--client":
         asyncio.run(client_main(int(sys.argv[2])))
@@ -341,6 +345,7 @@ def main():
     parser.add_argument("--settle", type=float, default=7.0)
     parser.add_argument("--layers", default="redis,memory")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--commit", default=bl.head_commit())
     run(parser.parse_args())
 
