@@ -91,7 +91,7 @@ def defer_autobahn_pformat() -> bool:
 
     Each WebSocket connection under Daphne pretty-prints autobahn's ~40 protocol
     options for a ``log.debug`` line, whether debug logging is on or not; in a restart
-    storm that was 7.4 % of the process's samples (``bench.storm --profile``), paid by
+    storm that was 7.7 % of the process's samples (``bench.storm --profile``), paid by
     every handshake, refused ones too. Autobahn's module gets a ``pformat`` that
     formats only when the line is written; its own ``Timings.__str__``, which must
     return text, keeps the real one. Done once per process; False if autobahn is not
