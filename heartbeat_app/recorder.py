@@ -285,16 +285,29 @@ CHECKPOINT_FIELDS = (
 
 def _payload(rows: list[Row], fields) -> list[Row]:
     """Rows with their datetimes as the database's text, for a JSON parameter."""
-    ops = connection.ops
+    text = _datetime_text()
     datetimes = [f.attname for f in fields if f.get_internal_type() == "DateTimeField"]
     payload = []
     for row in rows:
         item = dict(row)
         for name in datetimes:
             if item.get(name) is not None:
-                item[name] = str(ops.adapt_datetimefield_value(item[name]))
+                item[name] = text(item[name])
         payload.append(item)
     return payload
+
+
+def _datetime_text():
+    """Django's text of a datetime for the database. On SQLite in UTC (the default) the rows'
+    UTC datetimes get their naive ``str()`` directly, without Django's checks per value."""
+    ops = connection.ops
+
+    def django(value):
+        return str(ops.adapt_datetimefield_value(value))
+
+    if connection.vendor != "sqlite" or connection.timezone is not UTC:
+        return django
+    return lambda value: str(value.replace(tzinfo=None)) if value.tzinfo is UTC else django(value)
 
 
 def touch(rows: list[Row]) -> None:
