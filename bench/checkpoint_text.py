@@ -46,18 +46,9 @@ def run(args):
     facts = bl.machine()
     rows = rows_of(args.rows)
     fields = [Session._meta.get_field(n) for n in recorder.CHECKPOINT_FIELDS]
-    datetimes = [f.attname for f in fields if f.get_internal_type() == "DateTimeField"]
-    ops = connection.ops
 
-    def django_way():
-        out = []
-        for row in rows:
-            item = dict(row)
-            for name in datetimes:
-                if item.get(name) is not None:
-                    item[name] = str(ops.adapt_datetimefield_value(item[name]))
-            out.append(item)
-        return out
+    def django_way():  # every datetime through Django's adapt_datetimefield_value
+        return recorder._payload(rows, fields, recorder._django_text)
 
     assert django_way() == recorder._payload(rows, fields), "the two texts differ"
     timed = {}

@@ -283,9 +283,9 @@ CHECKPOINT_FIELDS = (
     "zombie_detected_at", "closed_at", "close_code", "close_reason")
 
 
-def _payload(rows: list[Row], fields) -> list[Row]:
-    """Rows with their datetimes as the database's text, for a JSON parameter."""
-    text = _datetime_text()
+def _payload(rows: list[Row], fields, text=None) -> list[Row]:
+    """Rows with their datetimes as the database's text (``text(value)``), for a JSON parameter."""
+    text = text or _datetime_text()
     datetimes = [f.attname for f in fields if f.get_internal_type() == "DateTimeField"]
     payload = []
     for row in rows:
@@ -297,17 +297,17 @@ def _payload(rows: list[Row], fields) -> list[Row]:
     return payload
 
 
+def _django_text(value) -> str:
+    return str(connection.ops.adapt_datetimefield_value(value))
+
+
 def _datetime_text():
     """Django's text of a datetime for the database. On SQLite in UTC (the default) the rows'
     UTC datetimes get their naive ``str()`` directly, without Django's checks per value."""
-    ops = connection.ops
-
-    def django(value):
-        return str(ops.adapt_datetimefield_value(value))
-
     if connection.vendor != "sqlite" or connection.timezone is not UTC:
-        return django
-    return lambda value: str(value.replace(tzinfo=None)) if value.tzinfo is UTC else django(value)
+        return _django_text
+    return lambda value: str(value.replace(tzinfo=None)) if value.tzinfo is UTC else (
+        _django_text(value))
 
 
 def touch(rows: list[Row]) -> None:
