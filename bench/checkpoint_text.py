@@ -48,7 +48,7 @@ def run(args):
     fields = [Session._meta.get_field(n) for n in recorder.CHECKPOINT_FIELDS]
 
     def django_way():  # every datetime through Django's adapt_datetimefield_value
-        return recorder._payload(rows, fields, recorder._django_text)
+        return recorder._payload(rows, fields, recorder._django_text())
 
     assert django_way() == recorder._payload(rows, fields), "the two texts differ"
     timed = {}

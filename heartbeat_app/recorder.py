@@ -297,17 +297,18 @@ def _payload(rows: list[Row], fields, text=None) -> list[Row]:
     return payload
 
 
-def _django_text(value) -> str:
-    return str(connection.ops.adapt_datetimefield_value(value))
+def _django_text():
+    adapt = connection.ops.adapt_datetimefield_value  # looked up once, not per value
+    return lambda value: str(adapt(value))
 
 
 def _datetime_text():
     """Django's text of a datetime for the database. On SQLite in UTC (the default) the rows'
     UTC datetimes get their naive ``str()`` directly, without Django's checks per value."""
+    django = _django_text()
     if connection.vendor != "sqlite" or connection.timezone is not UTC:
-        return _django_text
-    return lambda value: str(value.replace(tzinfo=None)) if value.tzinfo is UTC else (
-        _django_text(value))
+        return django
+    return lambda value: str(value.replace(tzinfo=None)) if value.tzinfo is UTC else django(value)
 
 
 def touch(rows: list[Row]) -> None:
