@@ -4,6 +4,7 @@ and /ws/peerdb/, behind the demo's middleware stack (AdmissionMiddleware outermo
 BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_GC_LOG=1
 every full (generation 2) garbage collection longer than 10 ms is
 logged as "gc gen2 pause <ms> ms", so a benchmark can tell GC stalls from other ones.
+BENCH_STALL_LOG=<file> records where the event loop stalls (stalls.py).
 """
 
 import gc
@@ -56,3 +57,12 @@ application = ProtocolTypeRouter({
         re_path(r"^ws/peerdb/$", PeerDbConsumer.as_asgi()),
     ])))),
 })
+
+if os.environ.get("BENCH_STALL_LOG"):  # where the loop stalls (bench/benchproj/stalls.py)
+    from .stalls import traced  # noqa: E402
+
+    application = traced(application, os.environ["BENCH_STALL_LOG"],
+                         float(os.environ.get("BENCH_STALL_MS", "50")))
+
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # sys.setswitchinterval, for paired runs
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
