@@ -74,8 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_SESSION_LOG": None,
     # Record anonymous visitors' sessions too; False keeps only signed-in users' rows.
     "HEARTBEAT_RECORD_ANONYMOUS": True,
-    # Seconds between bulk checkpoints of last_seen, RTT and visibility to the database.
-    "HEARTBEAT_CHECKPOINT_INTERVAL": 5.0,
+    # Seconds in which every session's last_seen, RTT and visibility are written once, a
+    # slice at each tick (the instance row is beaten every third of PRESENCE_INSTANCE_TTL
+    # whatever this is).
+    "HEARTBEAT_CHECKPOINT_INTERVAL": 30.0,
     # Days closed sessions are kept; heartbeat_prune deletes older ones. None: forever.
     "HEARTBEAT_SESSION_RETENTION_DAYS": 30,
     # Presence store: None follows the default channel layer (channels_redis: "redis",

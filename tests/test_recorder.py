@@ -13,10 +13,14 @@ from heartbeat_app.state import SessionState
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+TICK, CHECKPOINT = 1.0, 5.0  # the test settings' tick; the tests' checkpoint interval
+SLICES = int(CHECKPOINT / TICK)
+
 
 @pytest.fixture
 async def recorder(settings, make_runtime):
     settings.HEARTBEAT_RECORD_SESSIONS = True
+    settings.HEARTBEAT_CHECKPOINT_INTERVAL = CHECKPOINT
     runtime = make_runtime()
     yield runtime.service(Recorder)
     await sync_to_async(connections.close_all)()
@@ -101,8 +105,6 @@ async def test_last_seen_reads_the_session_history(recorder):
 
 # The checkpoint's pace (issue #12) --------------------------------------------
 
-TICK, CHECKPOINT = 1.0, 5.0  # the test settings' tick and the default interval
-SLICES = int(CHECKPOINT / TICK)
 
 
 class Writes(list):
@@ -229,6 +231,36 @@ async def test_the_instance_beats_once_an_interval_with_few_or_no_sessions(recor
     assert instance.session_count == 0 and instance.get_status() == "alive"
 
 
+async def test_a_long_checkpoint_interval_still_beats_every_third_of_the_instance_ttl(
+        recorder, writes, settings):
+    """Rows come round once a (long) interval; the instance is beaten, and lost processes
+    swept, every PRESENCE_INSTANCE_TTL / 3, so other processes never take it for lost."""
+    from heartbeat_app.instance import instance_id
+    from heartbeat_app.models import ServerInstance
+
+    settings.HEARTBEAT_CHECKPOINT_INTERVAL = 60.0
+    settings.PRESENCE_INSTANCE_TTL = 15.0
+    states = [session(f"l{i}") for i in range(3)]  # a row due every 20 s
+    for state in states:
+        recorder.opened(state)
+    await recorder.step()
+    del writes[:]
+    beats = []
+    for second in range(1, 121):
+        recorder.clock.advance(TICK)
+        await recorder.step()
+        if writes and writes[-1].get("at") is None:
+            writes[-1]["at"] = second
+            beats.append(second)
+    gaps = [b - a for a, b in zip([0, *beats], beats, strict=False)]
+    assert max(gaps) <= 5, gaps  # 15 s / 3
+    assert sum(1 for w in writes if w["sweep"]) == 24  # 120 s / 5 s
+    written = [sid for w in writes for sid in w["updates"]]
+    assert sorted(written) == sorted([s.id for s in states] * 2)  # once a minute each
+    instance = await ServerInstance.objects.aget(pk=instance_id())
+    assert instance.session_count == 3 and instance.get_status() == "alive"
+
+
 async def test_during_an_outage_everything_stays_queued_and_catches_up(recorder, writes):
     states = [session(f"o{i}") for i in range(20)]
     for state in states:
@@ -331,6 +363,7 @@ def skewed(settings, make_runtime):
     from heartbeat_app.testing import FakeClock
 
     settings.HEARTBEAT_RECORD_SESSIONS = True
+    settings.HEARTBEAT_CHECKPOINT_INTERVAL = CHECKPOINT
 
     def make(offset):
         return make_runtime(FakeClock(wall=time.time() + offset)).service(Recorder)
