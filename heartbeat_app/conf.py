@@ -140,6 +140,11 @@ def get(name: str) -> Any:
     return value
 
 
+def ms(name: str) -> int:
+    """A setting in seconds, as integer milliseconds (read each time: override_settings)."""
+    return int(get(name) * 1000)
+
+
 def interval() -> float | None:
     """HEARTBEAT_INTERVAL in seconds, or None when heartbeats are off."""
     return _seconds(get("HEARTBEAT_INTERVAL"))

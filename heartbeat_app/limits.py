@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from .presence_messages import ERR_ROOM_FULL
+
 #: The refusal of a join that would give a member more tabs in a room than
 #: PRESENCE_MAX_TABS_PER_MEMBER (the error code, as room_full is for PRESENCE_MAX_MEMBERS).
 ERR_TOO_MANY_TABS = "too_many_tabs"
+
+#: The refusals of a join, by error code, and what the client is told.
+JOIN_REFUSALS = {
+    ERR_ROOM_FULL: "The room is full.",
+    ERR_TOO_MANY_TABS: "This member has too many tabs in the room already.",
+}
 
 
 class TokenBucket:

@@ -17,8 +17,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from . import limits, presence_messages, protocol
+from . import presence_messages, protocol
 from .lane import SignalLane
+from .limits import JOIN_REFUSALS
 from .protocol import CloseCode, CloseReason, LeaveReason
 from .runtime import get_runtime
 from .state import SessionState
@@ -28,11 +29,6 @@ logger = logging.getLogger(__name__)
 
 # Presence requests of one session waiting for its worker; more are dropped.
 PRESENCE_INBOX = 32
-# Joins refused by what the store holds, and what the client is told.
-JOIN_REFUSALS = {
-    presence_messages.ERR_ROOM_FULL: "The room is full.",
-    limits.ERR_TOO_MANY_TABS: "This member has too many tabs in the room already.",
-}
 
 
 class PresenceMixin:

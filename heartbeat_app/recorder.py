@@ -1,14 +1,11 @@
 """Session rows for the admin, written in bulk: one recorder per event loop.
 
-Opens and closes are queued and written at the next tick. Every
-HEARTBEAT_CHECKPOINT_INTERVAL the recorder also writes ``last_seen``, RTT and
-visibility of each local session, a slice of them at each tick (``checkpoint.Pace``),
-so no tick writes them all at once (issue #12). Every write beats the process's
-ServerInstance row on the database's clock (issue #11), and a write comes at least
-every third of PRESENCE_INSTANCE_TTL whatever the checkpoint interval, so the interval
-is free to be long: at 30 s (the default) a process of 19,000 sessions writes about
-630 rows a second instead of 3,800 at 5 s. A heartbeat never waits on the database. When the database is down, everything stays queued and catches
-up when it is back.
+Opens and closes are queued and written at the next tick; ``last_seen``, RTT and
+visibility of each local session every HEARTBEAT_CHECKPOINT_INTERVAL, a slice at each
+tick (``checkpoint.Pace``). Every write beats the process's ServerInstance row on the
+database's clock, at least every third of PRESENCE_INSTANCE_TTL whatever the interval
+(30 s by default: about 630 rows a second for 19,000 sessions, not 3,800 at 5 s). A
+heartbeat never waits on the database; while it is down, everything stays queued.
 """
 
 from __future__ import annotations
@@ -225,15 +222,11 @@ def write(opens: list, updates: list, closes: list, session_count: int, now: dat
           stopped: bool = False, sweep: bool = True) -> None:
     """One transaction: beat the instance, then the rows of the tick in two statements.
 
-    Rows are dicts of column values (``Session`` instances are taken too). New
-    rows and closes are one upsert of whole rows; checkpoints one update of the
-    columns a live session changes (CHECKPOINT_FIELDS), so the number of queries
-    does not depend on the number of sessions, and a row that another process
-    closed while its session still beats (a clock or network hiccup) is reopened
-    by the next checkpoint. The beat (and ``stopped_at`` when ``stopped``: the
-    process is stopping) is the database's time, not ``now``: the other
-    processes judge it on that clock. ``sweep``: also close out the rows of lost
-    processes.
+    Rows are dicts of column values (``Session`` instances too). New rows and closes
+    are one upsert of whole rows; checkpoints one update of CHECKPOINT_FIELDS, which
+    reopens a row another process closed while its session beats. The beat (and
+    ``stopped_at`` when ``stopped``) is the database's time, the clock the other
+    processes judge it on. ``sweep``: also close out the rows of lost processes.
     """
     stopped_at = Now() if stopped else None
     with transaction.atomic():

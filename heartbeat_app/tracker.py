@@ -23,12 +23,14 @@ from channels.layers import get_channel_layer
 
 from . import conf
 from .announcer import Announcer, Fetch
+from .conf import ms
 from .instance import instance_id, instance_info
 from .layers import concurrently, group_name
 from .limits import ERR_TOO_MANY_TABS, over_tab_cap
 from .presence_messages import ERR_ROOM_FULL
 from .protocol import LeaveReason
 from .reaper import Reaper
+from .rejoin import Rejoins
 from .runtime import Runtime, Service, get_runtime
 from .state import LocalSession, Send, SessionState
 from .storecalls import StoreCalls
@@ -37,12 +39,7 @@ from .stores import BaseStore, StoreUnavailable, get_store, new_ref
 logger = logging.getLogger(__name__)
 
 
-def ms(setting: str) -> int:
-    """A setting in seconds, as integer milliseconds (read each time: override_settings)."""
-    return int(conf.get(setting) * 1000)
-
-
-class Tracker(Service):
+class Tracker(Rejoins, Service):
     """Presence of every session on one event loop."""
 
     name = "tracker"
@@ -326,37 +323,6 @@ class Tracker(Service):
 
     def _live(self) -> list[LocalSession]:
         return [local for local in self.local.values() if local.leave_at is None]
-
-    async def _rebuild(self) -> None:
-        self.calls.rebuild_needed = False
-        unsynced, self.unsynced_joins = self.unsynced_joins, set()  # all joined again below
-        done = 0  # the replayed prefix, dropped in one slice: O(n), not a remove() per leave
-        try:
-            for room, session, reason in self.unsynced_leaves[:]:
-                self._queue(await self._call("leave", self.store.leave(room, session, reason)))
-                done += 1
-        finally:
-            del self.unsynced_leaves[:done]
-        for local in self._live():
-            for room, meta in local.metas.items():
-                self._queue(await self._call("join", self.store.join(
-                    room, meta, ms("PRESENCE_TTL"))))
-        await self._into_groups(local for local in self._live() if local.state.id in unsynced)
-        for local in self._live():
-            for room in local.metas:
-                await self._send_state(local, room)
-
-    async def _flush_joins(self) -> None:
-        for session_id in list(self.unsynced_joins):
-            local = self.local.get(session_id)
-            if local is not None and local.leave_at is None:
-                for room, meta in local.metas.items():
-                    self._queue(await self._call("join", self.store.join(
-                        room, meta, ms("PRESENCE_TTL"))))
-                await self._into_groups([local])
-                for room in local.metas:
-                    await self._send_state(local, room)
-            self.unsynced_joins.discard(session_id)
 
     async def _flush_updates(self) -> None:
         while self.dirty:

@@ -52,11 +52,24 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    # Not imported here: tests.servers sets the run's SECRET_KEY once Django is set up.
+    servers = sys.modules.get("tests.servers")
+    if servers is not None and report.failed and report.when == "call":
+        _attach_server_logs(report, servers)
     if STRICT and report.skipped and not hasattr(report, "wasxfail"):
         # CI must run everything: Redis, end-to-end and browser tests included.
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI, which must run every test: {reason}"
+
+
+def _attach_server_logs(report, servers) -> None:
+    """Add the end of every server log of a failed test to its report."""
+    for server in servers.STARTED:
+        lines = server.log().splitlines()[-servers.LOG_TAIL_LINES:]
+        if lines:
+            report.sections.append((f"log of {server.log_path.name} (last {len(lines)} lines)",
+                                    "\n".join(lines)))
 
 
 def redis_available(host: str = REDIS_HOST, port: int = REDIS_PORT) -> bool:

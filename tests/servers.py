@@ -116,6 +116,12 @@ def stop_process(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
     proc.wait(timeout=grace)
 
 
+#: The servers started and not stopped yet: a failing test's report shows the end of
+#: their logs (tests/conftest.py), so a failure in CI can be read without a rerun.
+STARTED: list[ServerProcess] = []
+LOG_TAIL_LINES = 40
+
+
 class ServerProcess:
     """One ASGI server process serving ``app`` on a loopback port, with its log in a file.
 
@@ -160,6 +166,7 @@ class ServerProcess:
 
     def start(self, **popen: Any) -> ServerProcess:
         """Start the process and wait until it listens; ``popen`` goes to subprocess.Popen."""
+        STARTED.append(self)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -198,6 +205,8 @@ class ServerProcess:
         self.proc.wait(timeout=scaled(10))
 
     def stop(self) -> None:
+        if self in STARTED:
+            STARTED.remove(self)
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGCONT)

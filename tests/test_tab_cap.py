@@ -5,7 +5,10 @@ import uuid
 
 import pytest
 
-from heartbeat_app.stores import MemoryStore
+from heartbeat_app import tracker
+from heartbeat_app.limits import ERR_TOO_MANY_TABS
+from heartbeat_app.state import SessionState
+from heartbeat_app.stores import MemoryStore, StoreUnavailable
 from heartbeat_app.stores.redis import RedisStore
 
 TTL = 30_000
@@ -109,3 +112,67 @@ async def test_a_store_written_before_the_cap_still_works_and_is_capped(kind, fa
     assert [c.joined for c in reload] == [False, True]  # a reload is never refused
     assert await store.join_capped([("lobby", meta("s8", "1", "t8"))], TTL, None)
     assert await sessions(store, "lobby", "1") == ["s0", "s8", "s9"]
+
+
+class DownStore(MemoryStore):
+    """The memory store, unreachable while ``down``; ``slow``: its joins take ``slow`` s."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.down = False
+        self.slow = 0.0
+
+    async def join_many(self, entries, ttl_ms, now_ms=None, *, tab_cap=None):
+        if self.down:
+            raise StoreUnavailable("the store is down")
+        if self.slow:
+            await asyncio.sleep(self.slow)
+        return await super().join_many(entries, ttl_ms, now_ms, tab_cap=tab_cap)
+
+
+class Layer:
+    """A channel layer that only takes group adds (the tracker's joins)."""
+
+    async def group_add(self, group, channel):
+        pass
+
+    async def group_discard(self, group, channel):
+        pass
+
+
+@pytest.mark.parametrize("how", ["outage", "late"])
+async def test_a_join_the_store_held_back_is_still_capped(how, make_runtime, settings):
+    """A join that could not reach the store (an outage, or a call late because the loop
+    lagged) is written at a later tick, and the tab cap counts there too."""
+    settings.PRESENCE_MAX_TABS_PER_MEMBER = 2
+    settings.PRESENCE_STORE_TIMEOUT = 0.05
+    runtime = make_runtime()  # stepped by hand
+    store = DownStore(clock=runtime.clock)
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    frames = {}
+
+    async def join(n):
+        state = SessionState(tab=f"t{n}", interval=None, timeout=None, user_key="anon:one",
+                             channel=f"c{n}")
+        frames[state.id] = []
+
+        async def send(frame):
+            frames[state.id].append(frame)
+        return state, await active.join(state, ["lobby"], {}, layer=Layer(), send=send)
+
+    for n in range(2):
+        assert (await join(n))[1] == {}
+    if how == "outage":
+        store.down = True
+    else:
+        store.slow, runtime.lag = 1.0, 1.0  # times out, no outage declared
+    third, refused = await join(2)
+    assert refused == {}, "held back, not refused yet"
+    assert frames[third.id] == [] and third.id in active.unsynced_joins
+    store.down, store.slow, runtime.lag = False, 0.0, 0.0
+    await active.step()
+    assert await sessions(store, "lobby", "anon:one") == sorted(
+        local.state.id for local in active.local.values() if local.state.tab != "t2")
+    assert [(f["type"], f.get("code")) for f in frames[third.id]] == [
+        ("error", ERR_TOO_MANY_TABS)]
+    assert third.rooms == [] and "lobby" not in active.local[third.id].metas
