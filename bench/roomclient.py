@@ -98,6 +98,9 @@ class Room:
                 conn.joined.set_result(time.perf_counter())
         elif kind == "broadcast":
             self.on_signal(conn, json.loads(payload))
+        elif kind == "broadcasts":  # a big room's pass: several signals in one frame
+            for signal in json.loads(payload).get("signals") or ():
+                self.on_signal(conn, signal)
         elif kind == "pong":
             sent = self.pings.pop((conn.index, json.loads(payload).get("id")), None)
             if sent is not None:

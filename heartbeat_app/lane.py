@@ -4,18 +4,18 @@ A signal goes from one session to the others in a room through the channel layer
 at once, never through the store or the tick. Per sender, room and event at most
 PRESENCE_SIGNAL_RATE go out per second; what comes in between replaces what is
 waiting, and the latest goes out when the window ends (Liveblocks throttles the
-same way).
+same way). A room's signals that follow within EMIT_WINDOW leave together, as one
+layer message.
 
 A signal crosses the layer once per process, not once per member: while a process
 has sessions in a room, its lane is in the group ``presence-signals.<room>`` with one
 channel of its own, and hands what arrives there to its members itself, encoded
-once. Woken one by one through the layer, every member cost a message, a task step
-and a dispatch more than its send. A delivery pass hands a room's members the
-signals of the room then waiting, back to back (one socket write each, not one per
-frame). The frames a process sends its members are bounded by PRESENCE_SIGNAL_FANOUT
-a second: beyond it signals wait, oldest first, and a later one of the same sender
-and event replaces the one waiting, so typing in a big room slows down instead of
-the process (docs/presence.md).
+once. A delivery pass hands a room's members the signals of the room then waiting,
+back to back; in a big room (more members here than PRESENCE_FULL_LIST_MAX) as one
+``broadcasts`` frame each. The frames a process sends its members are bounded by
+PRESENCE_SIGNAL_FANOUT a second: beyond it signals wait, oldest first, and a later one
+of the same sender and event replaces the one waiting, so typing in a big room slows
+down instead of the process (docs/presence.md).
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ MAX_TRACKED = 10_000
 FANOUT_SLICE = 0.001
 # Signals of one room a delivery pass carries at most.
 PASS_SIGNALS = 32
+# Seconds a process collects a room's signals into one layer message once a signal of
+# the room has gone out: a lone signal leaves at once, a busy room's leave together.
+EMIT_WINDOW = 0.02
+# A big room's batch frame (``broadcasts``): signals, and their encoded bytes, at most.
+BATCH_SIGNALS, BATCH_BYTES = 128, 16_384
 # Seconds of PRESENCE_SIGNAL_FANOUT a quiet process may spend at once.
 FANOUT_BURST = 0.25
 # Seconds before a failed group add is tried again, doubled up to the second figure.
@@ -85,6 +90,9 @@ class SignalLane(Service):
         # Signals received, waiting for the fan-out budget: (room, sender, event) ->
         # (link, message), oldest first; a newer one takes the place of the one waiting.
         self.inbox: dict[tuple[str, str, str], tuple[Link, dict[str, Any]]] = {}
+        # Rooms whose emit window is open: (layer id, room) -> (layer, the signals to
+        # send when it closes).
+        self.outbox: dict[tuple[int, str], tuple[Any, list[dict[str, Any]]]] = {}
         self.tokens = 0.0
         self.tokens_at: float | None = None
         self._deliverer: asyncio.Task | None = None
@@ -121,11 +129,37 @@ class SignalLane(Service):
         if len(self.last_sent) > MAX_TRACKED:
             horizon = self.clock.monotonic() - 1.0
             self.last_sent = {k: t for k, t in self.last_sent.items() if t >= horizon}
+        key = (id(layer), room)
+        box = self.outbox.get(key)
+        if box is not None:  # the room's window is open: the signal leaves when it closes
+            box[1].append(message)
+            return
+        self._open_window(key, layer)
+        await self._group_send(layer, room, [message])
+
+    def _open_window(self, key: tuple[int, str], layer) -> None:
+        self.outbox[key] = (layer, [])
+        asyncio.get_running_loop().call_later(EMIT_WINDOW, self._close_window, key)
+
+    def _close_window(self, key: tuple[int, str]) -> None:
+        layer, held = self.outbox.pop(key, (None, None))
+        if held:  # still busy: what came in goes together, and a new window opens
+            self._open_window(key, layer)
+            asyncio.get_running_loop().create_task(
+                self._group_send(layer, key[1], held))
+
+    async def _group_send(self, layer, room: str, messages: list[dict[str, Any]]) -> None:
+        """One layer message: the signal itself, or ``presence.broadcasts`` with several
+        (a process of a release before it ignores these: docs/presence.md)."""
+        message = messages[0] if len(messages) == 1 else {
+            "type": "presence.broadcasts", "room": room,
+            "signals": [{k: m[k] for k in ("event", "from", "data", "sender")}
+                        for m in messages]}
         try:
             await layer.group_send(signal_group(room), message)
-            self.metrics.signals.inc()
+            self.metrics.signals.inc(len(messages))
         except Exception as exc:
-            logger.warning("signal of room %s not sent: %r", room, exc)
+            logger.warning("%d signals of room %s not sent: %r", len(messages), room, exc)
 
     # The members' side ------------------------------------------------------------------
 
@@ -220,12 +254,21 @@ class SignalLane(Service):
     async def _receive(self, link: Link, receive) -> None:
         while True:
             message = await receive()
-            if message.get("type") != "presence.broadcast" or "room" not in message:
+            kind, room = message.get("type"), message.get("room")
+            if not isinstance(room, str):
                 continue
-            key = (message["room"], str(message.get("sender")), str(message.get("event")))
-            if key in self.inbox:
-                self.metrics.signals_replaced.inc()
-            self.inbox[key] = (link, message)  # a newer one keeps the older one's place
+            if kind == "presence.broadcast":
+                signals = [message]
+            elif kind == "presence.broadcasts" and isinstance(message.get("signals"), list):
+                signals = [{**m, "type": "presence.broadcast", "room": room}
+                           for m in message["signals"] if isinstance(m, dict)]
+            else:
+                continue
+            for signal in signals:
+                key = (room, str(signal.get("sender")), str(signal.get("event")))
+                if key in self.inbox:
+                    self.metrics.signals_replaced.inc()
+                self.inbox[key] = (link, signal)  # a newer one keeps the older one's place
             if self._deliverer is None or self._deliverer.done():
                 self._deliverer = asyncio.get_running_loop().create_task(self._deliver())
 
@@ -233,18 +276,30 @@ class SignalLane(Service):
         # A pass hands a room's members the signals of the room waiting then, each
         # member's frames back to back (one write to its socket, not one per frame), as
         # many as a second of the budget pays for, one at least.
+        # In a big room (more members here than PRESENCE_FULL_LIST_MAX) a pass is one
+        # ``broadcasts`` frame per member, which costs one frame of the budget whatever it
+        # carries: the budget is spent first, then it takes what is waiting by then.
         while self.inbox:
             (room, _, _), (link, _) = next(iter(self.inbox.items()))
             members = len(link.members.get(room, ()))
-            keys = [key for key, (lk, _) in self.inbox.items()
-                    if key[0] == room and lk is link][:PASS_SIGNALS]
+            biggest = conf.get("PRESENCE_FULL_LIST_MAX")
+            batch = biggest is not None and members > biggest
             rate = conf.get("PRESENCE_SIGNAL_FANOUT")
-            if rate is not None and members:
+            if batch and rate is not None:
+                await self._spend(rate, members)
+            keys = [key for key, (lk, _) in self.inbox.items()
+                    if key[0] == room and lk is link][:BATCH_SIGNALS if batch else PASS_SIGNALS]
+            if not batch and rate is not None and members:
                 keys = keys[:max(1, int(rate // members))]
                 await self._spend(rate, members * len(keys))  # meanwhile, newer ones may
-            messages = [self.inbox.pop(key)[1] for key in keys]  # take their places
+            messages = [self.inbox[key][1] for key in keys]  # take their places
+            parts = _batch_parts(messages) if batch and len(messages) > 1 else None
+            for key in keys[:len(parts) if parts else None]:  # the rest waits, in its place
+                del self.inbox[key]
+            members_now = list(link.members.get(room, {}).values())
             try:
-                await self._fan_out(room, messages, list(link.members.get(room, {}).values()))
+                await self._fan_out(room, messages[:len(parts)] if parts else messages,
+                                    members_now, parts)
             except Exception:
                 logger.exception("signals of room %s not delivered", room)
 
@@ -263,26 +318,29 @@ class SignalLane(Service):
         self.tokens -= frames
 
     async def _fan_out(self, room: str, messages: list[dict[str, Any]],
-                       members: list[Member]) -> None:
-        texts = [protocol.dumps(presence_messages.broadcast(
-            room, message["event"], message["from"], message["data"])) for message in messages]
+                       members: list[Member], parts: list[str] | None = None) -> None:
+        """Hand each member the signals of the others: a frame each, or with ``parts`` (the
+        signals encoded, a big room) one ``broadcasts`` frame of them all."""
         senders = [message.get("sender") for message in messages]
+        texts = [protocol.dumps(presence_messages.broadcast(
+            room, m["event"], m["from"], m["data"])) for m in messages] if parts is None else []
+        shared = presence_messages.broadcasts_text(room, parts) if parts else ""
         loop = asyncio.get_running_loop()
         sent, since = 0, loop.time()
         for state, send_text, handler in members:
             if state.closed or room not in state.rooms:
                 continue
-            for message, text, sender in zip(messages, texts, senders, strict=True):
-                if state.channel == sender:
-                    continue
-                if handler is None:
-                    await send_text(text)
-                else:
-                    try:
-                        await handler(dict(message))
-                    except Exception:
-                        logger.exception("presence_broadcast of session %s failed", state.id)
-                sent += 1
+            theirs = [n for n, sender in enumerate(senders) if sender != state.channel]
+            if handler is not None:  # the consumer's own presence_broadcast: one call each
+                for n in theirs:
+                    await _handle(state, handler, messages[n])
+            elif parts is None:
+                for n in theirs:
+                    await send_text(texts[n])
+            elif theirs:
+                await send_text(shared if len(theirs) == len(parts) else
+                                presence_messages.broadcasts_text(room, [parts[n] for n in theirs]))
+            sent += len(theirs) if handler is not None or parts is None else bool(theirs)
             if loop.time() - since >= FANOUT_SLICE:
                 self.metrics.signal_frames.inc(sent)
                 await asyncio.sleep(0)  # a big room: let other traffic in between
@@ -291,9 +349,30 @@ class SignalLane(Service):
 
     async def stop(self) -> None:
         await super().stop()
+        self.outbox.clear()  # the windows' timers find nothing to send
         tasks = [t for link in self.links.values() for t in (link.receiver, link.syncer) if t]
         tasks += [self._deliverer] if self._deliverer is not None else []
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=0.5)
+
+
+def _batch_parts(messages: list[dict[str, Any]]) -> list[str]:
+    """The signals of a ``broadcasts`` frame, encoded: the first ones, up to BATCH_BYTES
+    (one at least)."""
+    parts, size = [], 0
+    for message in messages:
+        part = presence_messages.signal_text(message["event"], message["from"], message["data"])
+        size += len(part)
+        if parts and size > BATCH_BYTES:
+            break
+        parts.append(part)
+    return parts
+
+
+async def _handle(state: SessionState, handler, message: dict[str, Any]) -> None:
+    try:
+        await handler(dict(message))
+    except Exception:
+        logger.exception("presence_broadcast of session %s failed", state.id)

@@ -25,6 +25,7 @@ JOIN = "join"
 LEAVE = "leave"
 PRESENCE_UPDATE = "presence_update"
 BROADCAST = "broadcast"
+BROADCASTS = "broadcasts"  # several signals of one room in one frame (big rooms)
 PRESENCE_COUNT = "presence_count"
 REQUEST_TYPES = frozenset({JOIN, LEAVE, PRESENCE_UPDATE, BROADCAST})
 
@@ -119,3 +120,15 @@ def presence_count(room: str, count: int) -> dict[str, Any]:
 def broadcast(room: str, event: str, sender: str, data: Any) -> dict[str, Any]:
     """An ephemeral signal from one member to the others in a room."""
     return {"type": BROADCAST, "room": room, "event": event, "from": sender, "data": data}
+
+
+def signal_text(event: str, sender: str, data: Any) -> str:
+    """One signal of a ``broadcasts`` frame, encoded (compact, as protocol.dumps)."""
+    return json.dumps({"event": event, "from": sender, "data": data}, separators=(",", ":"))
+
+
+def broadcasts_text(room: str, signals: list[str]) -> str:
+    """A ``broadcasts`` frame from signals encoded by signal_text(): what a member of a big
+    room gets in place of one ``broadcast`` frame per signal."""
+    head = json.dumps({"type": BROADCASTS, "room": room}, separators=(",", ":"))[:-1]
+    return f'{head},"signals":[{",".join(signals)}]}}'

@@ -8,8 +8,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 from django.core.exceptions import ValidationError
 
-from heartbeat_app import presence, stores
+from heartbeat_app import lane, presence, stores
 from heartbeat_app.consumers import HeartbeatMixin
+from heartbeat_app.runtime import get_runtime
 
 TICK = 0.05
 
@@ -435,6 +436,81 @@ async def test_signals_beyond_the_fanout_budget_wait_and_the_latest_of_each_send
     # Each signal costs 3 frames (the room's other members); the budget bounds them all: a
     # burst of a quarter second, and one pass (at most a second's worth) in debt.
     assert metrics.signal_frames.value() <= 20 * (elapsed + 0.25) + 20
+    for c in (*senders, reader):
+        await c.disconnect()
+
+
+async def signals_of(communicator, room="lobby", timeout=2.0):
+    """The next signal frame of ``room``, as a list of (from, event, data), and its type."""
+    frame = None
+    while frame is None:
+        message = await communicator.receive_json_from(timeout=timeout)
+        if message["type"] in ("broadcast", "broadcasts") and message.get("room") == room:
+            frame = message
+    signals = frame["signals"] if frame["type"] == "broadcasts" else [frame]
+    return frame["type"], [(s["from"], s["event"], s["data"]) for s in signals]
+
+
+async def test_a_big_room_gets_the_signals_of_a_pass_in_one_frame_and_never_its_own(settings):
+    """Above PRESENCE_FULL_LIST_MAX members here, a pass is one ``broadcasts`` frame per
+    member, carrying the others' waiting signals; a budget of frames, not of signals."""
+    settings.PRESENCE_FULL_LIST_MAX = 2
+    settings.PRESENCE_SIGNAL_RATE = None
+    settings.PRESENCE_SIGNAL_FANOUT = 8  # frames a second: a burst of 2, one pass a half second
+    senders = [await client(pk) for pk in (1, 2, 3)]
+    reader = await client(4)
+    for n in range(3):
+        for sender in senders:
+            await sender.send_json_to({"type": "broadcast", "room": "lobby",
+                                       "event": "typing", "data": {"n": n}})
+    latest, batches, loop = {}, 0, asyncio.get_running_loop()
+    started = loop.time()
+    while latest != {"1": {"n": 2}, "2": {"n": 2}, "3": {"n": 2}}:
+        kind, signals = await signals_of(reader, timeout=5.0)
+        batches += kind == "broadcasts"
+        assert len({(f, e) for f, e, _ in signals}) == len(signals), "one per sender and event"
+        latest.update({f: d for f, _, d in signals})
+    assert batches >= 1
+    # A sender's frames carry the others' signals only.
+    kind, signals = await signals_of(senders[0], timeout=5.0)
+    assert signals and all(f != "1" for f, _, _ in signals)
+    elapsed = loop.time() - started
+    # 4 members, one frame each a pass: the budget's 8 a second plus its burst of 2 and one
+    # pass in debt bound every frame, whatever the 9 signals.
+    assert get_runtime().metrics.signal_frames.value() <= 8 * (elapsed + 1) + 2 + 4
+    for c in (*senders, reader):
+        await c.disconnect()
+
+
+async def test_signals_of_one_room_in_one_emit_window_cross_the_layer_once(settings,
+                                                                           monkeypatch):
+    """A lone signal leaves at once; those that follow within EMIT_WINDOW leave together, as
+    one ``presence.broadcasts`` layer message, and every one of them arrives."""
+    from channels.layers import get_channel_layer
+
+    settings.PRESENCE_SIGNAL_RATE = None
+    monkeypatch.setattr(lane, "EMIT_WINDOW", 1.0)  # the three land in it on a slow machine too
+    layer = get_channel_layer()
+    real, sent = layer.group_send, []
+
+    async def counting(group, message):
+        if group.startswith("presence-signals."):
+            sent.append(message)
+        return await real(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting)
+    senders = [await client(pk) for pk in (1, 2, 3)]
+    reader = await client(4)
+    for sender in senders:
+        await sender.send_json_to({"type": "broadcast", "room": "lobby", "event": "typing",
+                                   "data": {"n": 1}})
+    got = set()
+    while got != {"1", "2", "3"}:
+        _, signals = await signals_of(reader)
+        got.update(f for f, _, _ in signals)
+    assert sent[0]["type"] == "presence.broadcast", "the first one leaves at once"
+    assert len(sent) < 3 and sent[-1]["type"] == "presence.broadcasts"
+    assert sum(len(m.get("signals", [m])) for m in sent) == 3
     for c in (*senders, reader):
         await c.disconnect()
 

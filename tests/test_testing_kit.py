@@ -286,6 +286,26 @@ async def test_a_big_room_sends_counts(heartbeat_clock, settings):
         assert (await first.receive_presence_count("lobby"))["count"] == 2
 
 
+async def test_a_big_rooms_broadcasts_frame_is_received_as_its_signals(heartbeat_clock):
+    """What a big room sends (one ``broadcasts`` frame a pass) reads as one ``broadcast``
+    each, the others waiting for the next calls, in order."""
+    from heartbeat_app.presence_messages import broadcasts_text, signal_text
+
+    async with client(1) as alice:
+        text = broadcasts_text("lobby", [signal_text("typing", "2", {"n": 1}),
+                                         signal_text("cursor", "3", [4, 5]),
+                                         signal_text("typing", "3", None)])
+        await alice.output_queue.put({"type": "websocket.send", "text": text})
+        cursor = await alice.receive_broadcast("lobby", "cursor")
+        assert cursor == {"type": "broadcast", "room": "lobby", "event": "cursor",
+                          "from": "3", "data": [4, 5]}
+        assert [(f["from"], f["data"]) for f in [
+            await alice.receive_broadcast("lobby"), await alice.receive_broadcast("lobby")]
+        ] == [("2", {"n": 1}), ("3", None)]
+        with pytest.raises(HeartbeatTestError):
+            await alice.receive_broadcast("lobby", timeout=0.1)
+
+
 # Presence helpers ------------------------------------------------------------------------
 
 

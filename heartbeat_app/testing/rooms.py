@@ -63,14 +63,33 @@ class PresenceRequests:
 
     async def receive_broadcast(self, room: str, event: str | None = None, *,
                                 timeout: float = 1) -> dict[str, Any]:
-        """The next ``broadcast`` of ``room`` (and ``event``); other frames keep their place."""
-        def is_signal(message: Message) -> bool:
-            frame = _frame(message) or {}
-            return (frame.get("type") == presence_messages.BROADCAST
-                    and frame.get("room") == room
-                    and (event is None or frame.get("event") == event))
+        """The next ``broadcast`` of ``room`` (and ``event``); other frames keep their place.
 
-        return _frame(await self._take(is_signal, timeout, f"broadcast in room {room!r}"))
+        A big room's ``broadcasts`` frame counts as its signals, each returned as the
+        ``broadcast`` frame it stands for; the others wait for the next calls.
+        """
+        def signals(message: Message) -> list[dict[str, Any]]:
+            frame = _frame(message) or {}
+            if frame.get("room") != room:
+                return []
+            if frame.get("type") == presence_messages.BROADCAST:
+                return [frame]
+            if frame.get("type") != presence_messages.BROADCASTS:
+                return []
+            return [presence_messages.broadcast(room, s.get("event"), s.get("from"), s.get("data"))
+                    for s in frame.get("signals") or () if isinstance(s, dict)]
+
+        def wanted(frame: dict[str, Any]) -> bool:
+            return event is None or frame.get("event") == event
+
+        message = await self._take(lambda m: any(map(wanted, signals(m))), timeout,
+                                   f"broadcast in room {room!r}")
+        found = signals(message)
+        signal = next(f for f in found if wanted(f))
+        others = [f for f in found if f is not signal]
+        self._held.extendleft({"type": "websocket.send", "text": protocol.dumps(f)}
+                              for f in reversed(others))
+        return signal
 
     async def _request(self, frame: dict[str, Any], timeout: float) -> None:
         """Send a request that has no reply when it succeeds, and wait until it is served."""

@@ -291,6 +291,27 @@ describe("broadcast", () => {
     assert.equal(of("message").length, 0);
   });
 
+  test("a big room's broadcasts frame is one broadcast event per signal, in order", () => {
+    const { sock, open, of } = setup();
+    const w = open();
+    w.serverSend({ type: "broadcasts", room: "dev", signals: [
+      { event: "typing", from: "1", data: { on: true } },
+      { event: "cursor", from: "2", data: [3, 4] },
+      { from: "3" },   // no event: skipped
+    ] });
+    assert.deepEqual(of("broadcast").map(({ room, event, from, data }) => ({ room, event, from, data })), [
+      { room: "dev", event: "typing", from: "1", data: { on: true } },
+      { room: "dev", event: "cursor", from: "2", data: [3, 4] },
+    ]);
+    assert.equal(of("message").length, 0);
+    sock.join("ops");
+    sock.leave("ops");
+    w.serverSend({ type: "broadcasts", room: "ops", signals: [{ event: "typing", from: "1", data: {} }] });
+    assert.equal(of("broadcast").length, 2, "a left room's batch in flight is ignored");
+    w.serverSend({ type: "broadcasts", room: "dev", text: "no signals" });
+    assert.equal(of("message").length, 1, "an app's own frame of that name stays a message");
+  });
+
   test("an app's own broadcast frame (no room or event) stays a message", () => {
     const { open, of } = setup();
     open().serverSend({ type: "broadcast", text: "all hands" });

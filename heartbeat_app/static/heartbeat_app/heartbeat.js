@@ -766,14 +766,25 @@
         case "broadcast":
           if (this._left[msg.room]) return;   // in flight when the leave went out
           return this._emit("broadcast", {room: msg.room, event: msg.event, from: msg.from, data: msg.data});
+        case "broadcasts":
+          // A big room's signals of one delivery pass, in one frame (docs/protocol.md):
+          // one broadcast event each, as if they had come one by one.
+          if (this._left[msg.room]) return;
+          for (var i = 0; i < msg.signals.length; i++) {
+            var s = msg.signals[i];
+            if (!isObject(s) || typeof s.event !== "string") continue;
+            this._emit("broadcast", {room: msg.room, event: s.event, from: s.from, data: s.data});
+          }
+          return;
         default: return this._presence(msg);
       }
     }
 
     _own(msg) {
       if (OWN[msg.type]) return true;
-      // The server's signal carries room and event; an app's own "broadcast" frame without
-      // them stays a `message`, as before.
+      // The server's signal carries room and event (a batch: room and signals); an app's own
+      // "broadcast" frame without them stays a `message`, as before.
+      if (msg.type === "broadcasts") return typeof msg.room === "string" && Array.isArray(msg.signals);
       return msg.type === "broadcast" && typeof msg.room === "string" && typeof msg.event === "string";
     }
 
