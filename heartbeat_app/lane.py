@@ -93,6 +93,7 @@ class SignalLane(Service):
         # Rooms whose emit window is open: (layer id, room) -> (layer, the signals to
         # send when it closes).
         self.outbox: dict[tuple[int, str], tuple[Any, list[dict[str, Any]]]] = {}
+        self._sending: set[asyncio.Task] = set()
         self.tokens = 0.0
         self.tokens_at: float | None = None
         self._deliverer: asyncio.Task | None = None
@@ -110,22 +111,20 @@ class SignalLane(Service):
         last = self.last_sent.get(key)
         if last is None or now - last >= window:
             self.last_sent[key] = now
-            await self._emit(layer, room, message)
+            self._emit(layer, room, message)
             return
         if key not in self.pending:
-            loop = asyncio.get_running_loop()
-            loop.call_later(window - (now - last),
-                            lambda: loop.create_task(self._flush(key)))
+            asyncio.get_running_loop().call_later(window - (now - last), self._flush, key)
         self.pending[key] = (layer, message)  # latest wins
 
-    async def _flush(self, key: tuple[str, str, str]) -> None:
+    def _flush(self, key: tuple[str, str, str]) -> None:
         held = self.pending.pop(key, None)
         if held is None:
             return
         self.last_sent[key] = self.clock.monotonic()
-        await self._emit(held[0], key[1], held[1])
+        self._emit(held[0], key[1], held[1])
 
-    async def _emit(self, layer, room: str, message: dict[str, Any]) -> None:
+    def _emit(self, layer, room: str, message: dict[str, Any]) -> None:
         if len(self.last_sent) > MAX_TRACKED:
             horizon = self.clock.monotonic() - 1.0
             self.last_sent = {k: t for k, t in self.last_sent.items() if t >= horizon}
@@ -135,7 +134,7 @@ class SignalLane(Service):
             box[1].append(message)
             return
         self._open_window(key, layer)
-        await self._group_send(layer, room, [message])
+        self._start_send(layer, room, [message])
 
     def _open_window(self, key: tuple[int, str], layer) -> None:
         self.outbox[key] = (layer, [])
@@ -145,8 +144,14 @@ class SignalLane(Service):
         layer, held = self.outbox.pop(key, (None, None))
         if held:  # still busy: what came in goes together, and a new window opens
             self._open_window(key, layer)
-            asyncio.get_running_loop().create_task(
-                self._group_send(layer, key[1], held))
+            self._start_send(layer, key[1], held)
+
+    def _start_send(self, layer, room: str, messages: list[dict[str, Any]]) -> None:
+        # Never awaited by the sender's request: on a busy loop a layer round trip takes
+        # long, and the session's other requests would queue up behind it (and be dropped).
+        task = asyncio.get_running_loop().create_task(self._group_send(layer, room, messages))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _group_send(self, layer, room: str, messages: list[dict[str, Any]]) -> None:
         """One layer message: the signal itself, or ``presence.broadcasts`` with several
@@ -352,6 +357,7 @@ class SignalLane(Service):
         self.outbox.clear()  # the windows' timers find nothing to send
         tasks = [t for link in self.links.values() for t in (link.receiver, link.syncer) if t]
         tasks += [self._deliverer] if self._deliverer is not None else []
+        tasks += list(self._sending)
         for task in tasks:
             task.cancel()
         if tasks:
