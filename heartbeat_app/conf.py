@@ -113,7 +113,7 @@ DEFAULTS: dict[str, Any] = {
     "PRESENCE_SIGNAL_RATE": 10.0,
     # Signal frames a second a process sends its members at most (a signal costs one per
     # member of its room here); beyond it signals wait, the latest winning. None: no bound.
-    "PRESENCE_SIGNAL_FANOUT": 10_000,
+    "PRESENCE_SIGNAL_FANOUT": 5_000,
     # Count sessions, pings, probes, store calls... for the metrics view; False: the
     # runtimes count nothing (read when the runtime of an event loop is made).
     "HEARTBEAT_METRICS": True,

@@ -125,3 +125,71 @@ async def test_join_update_broadcast_and_leave_across_two_processes(two):
     assert len({diff["origin"] for diff in hall}) == 2, "one sequence from A, one from B"
     await mover.ws.close()
     await observer.ws.close()
+
+
+@pytest.fixture
+def two_big(migrated_db, redis_url, tmp_path):
+    """Two processes on which a room of two members is big (PRESENCE_FULL_LIST_MAX 1), with
+    a fan-out budget of 4 frames a second: passes wait, and their signals pile up."""
+    url = redis_url.rsplit("/", 1)[0] + "/10"
+    redis.Redis.from_url(url).flushdb()
+    env = server_env(migrated_db, REDIS_URL=url, HEARTBEAT_TICK="0.1",
+                     PRESENCE_KEY_PREFIX=f"hbbig-{os.urandom(3).hex()}",
+                     HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5",
+                     PRESENCE_FULL_LIST_MAX="1", PRESENCE_SIGNAL_FANOUT="4")
+    a = ServerProcess(tmp_path, env, name="A").start()
+    b = ServerProcess(tmp_path, env, name="B").start()
+    yield a, b
+    a.stop()
+    b.stop()
+    redis.Redis.from_url(url).flushdb()
+
+
+def signals(peer, room="big"):
+    """Every signal a peer got in ``room``, batches taken apart: (sender number, n, frame type)."""
+    found = []
+    for m in peer.messages:
+        if m.get("room") != room or m["type"] not in ("broadcast", "broadcasts"):
+            continue
+        for s in m["signals"] if m["type"] == "broadcasts" else [m]:
+            found.append((s["data"]["s"], s["data"]["n"], m["type"]))
+    return found
+
+
+async def test_a_big_rooms_signals_cross_both_processes_batched_and_never_back_to_their_sender(
+        two_big):
+    a, b = two_big
+    senders = [await peer(a, "big", f"s{i}") for i in (1, 2)]
+    readers = [await peer(b, "big", f"r{i}") for i in (1, 2)]
+    for p in (*senders, *readers):
+        await p.wait_for(lambda m: m["type"] == "presence_state")
+    await readers[0].wait_for(lambda m: m.get("room") == "big" and m.get("count") == 4)
+    last = 10
+    for n in range(1, last + 1):  # 1 s of typing, at 20 a second from each
+        for i, sender in enumerate(senders, 1):
+            await sender.send({"type": "broadcast", "room": "big", "event": "typing",
+                               "data": {"s": i, "n": n}})
+        await asyncio.sleep(0.05)
+    async def until_latest(p, of):
+        deadline = asyncio.get_running_loop().time() + scaled(10)
+        while not all((i, last) in [x[:2] for x in signals(p)] for i in of):
+            assert asyncio.get_running_loop().time() < deadline, (of, signals(p))
+            await asyncio.sleep(0.05)
+
+    for reader in readers:  # the latest of each sender arrives on the other process
+        await until_latest(reader, (1, 2))
+    for i, sender in enumerate(senders, 1):  # and at the other sender, never its own
+        await until_latest(sender, (3 - i,))
+        assert {s for s, _, _ in signals(sender)} == {3 - i}
+    got = [x for reader in readers for x in signals(reader)]
+    assert any(kind == "broadcasts" for _, _, kind in got), "a pass carried several signals"
+    # Throttled to PRESENCE_SIGNAL_RATE (10 a second) and the latest winning: fewer arrive
+    # than were sent, in order per sender.
+    for reader in readers:
+        for i in (1, 2):
+            ns = [n for s, n, _ in signals(reader) if s == i]
+            assert ns == sorted(ns) and len(ns) < last
+    print(f"\n[big room] reader frames: "
+          f"{[m['type'] for m in readers[0].messages if m.get('room') == 'big']}")
+    for p in (*senders, *readers):
+        await p.ws.close()

@@ -55,7 +55,7 @@ _COUNTS = {
         "Use the default 10; None lets one member open any number of tabs in a room."),
     "PRESENCE_SIGNAL_FANOUT": (
         dict(allow_none=True), "E055", "a positive integer (frames per second) or None",
-        "Use the default 10000; None lets signals cost a process without bound."),
+        "Use the default 5000; None lets signals cost a process without bound."),
     "PRESENCE_REDIS_MAX_CONNECTIONS": (
         dict(allow_none=False), "E053", "a positive integer",
         "Use the default 50: callers wait for a free connection, they never fail."),
