@@ -1,6 +1,9 @@
 import importlib.util
+import logging
 
 from django.apps import AppConfig
+
+logger = logging.getLogger(__name__)
 
 
 class HeartbeatAppConfig(AppConfig):
@@ -11,7 +14,10 @@ class HeartbeatAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the checks)
+        from . import checks, daphne_pace  # noqa: F401  (registers the checks)
+
+        if daphne_pace.pace():
+            logger.debug("Daphne's passes over every connection are paced")
 
         if importlib.util.find_spec("prometheus_client") is not None:
             from . import prometheus

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     # connection (autobahn's default is 1, counted from queuing the frame: a busy loop
     # then resets closes whose hint is still unsent). None leaves the server's own.
     "HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT": 5.0,
+    # Under Daphne: its once-a-second passes over every connection (application_checker,
+    # timeout_checker) done a tenth at a time, every tenth of a second (daphne_pace.py).
+    "HEARTBEAT_PACE_DAPHNE": True,
     # Drain on SIGTERM (close clients with 4001 and a hint, flush presence and rows).
     "HEARTBEAT_DRAIN_ON_SIGTERM": True,
     # The garbage collector, set once per process when its first session opens: "auto"

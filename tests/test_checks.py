@@ -328,6 +328,7 @@ def test_e008_names_the_three_kinds_of_value_and_the_default():
     ("HEARTBEAT_DRAIN_ON_SIGTERM", "yes", "heartbeat_app.E013"),
     ("HEARTBEAT_DRAIN_STOP_LISTENING", 1, "heartbeat_app.E013"),
     ("HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT", -1.0, "heartbeat_app.E016"),
+    ("HEARTBEAT_PACE_DAPHNE", 1, "heartbeat_app.E017"),
 ])
 def test_bad_admission_and_drain_settings_are_errors(settings, name, value, check_id):
     setattr(settings, name, value)
@@ -386,6 +387,7 @@ BAD_VALUES = {
     "HEARTBEAT_DRAIN_ON_SIGTERM": ("yes", "E013"),
     "HEARTBEAT_DRAIN_STOP_LISTENING": ("no", "E013"),
     "HEARTBEAT_CLOSE_HANDSHAKE_TIMEOUT": (0, "E016"),
+    "HEARTBEAT_PACE_DAPHNE": ("yes", "E017"),
     "HEARTBEAT_HOLD_UNTIL_JOINED": ("yes", "E012"),
     "HEARTBEAT_METRICS": ("yes", "E021"),
     "HEARTBEAT_GC_THRESHOLD": ([1, 2], "E014"),

@@ -227,6 +227,14 @@ def _check_restarts() -> list:
             hint="The default is 5.0; None leaves Daphne's own (1 s).",
             id="heartbeat_app.E016",
         ))
+    pace = conf.get("HEARTBEAT_PACE_DAPHNE")
+    if not isinstance(pace, bool):
+        errors.append(Error(
+            f"HEARTBEAT_PACE_DAPHNE must be True or False (got {pace!r}).",
+            hint="The default is True: Daphne's passes over every connection, a slice at a "
+                 "time (docs/deployment.md).",
+            id="heartbeat_app.E017",
+        ))
     return errors
 
 

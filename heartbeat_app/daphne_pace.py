@@ -1,0 +1,142 @@
+"""Daphne's passes over every connection, paced: a slice every tenth of a second.
+
+Daphne's ``Server`` runs ``application_checker`` every second and ``timeout_checker``
+every two seconds, each a pass over every connection in one go. At 19,000 connections
+those passes held the event loop long enough to be 12 % of a saturated process's
+samples (docs/benchmarks.md, *19k-current-profile*), and every frame of every session
+waited behind them. ``pace()`` replaces both with passes over a tenth of the
+connections every tenth of a second: each connection is still checked once a second
+(timeouts every two), and no pass holds the loop for more than its slice. The checks
+themselves are Daphne's own (``daphne/server.py``, 4.x, BSD licence), taken one
+connection at a time. HEARTBEAT_PACE_DAPHNE = False leaves Daphne as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import Any
+
+from . import conf
+
+logger = logging.getLogger(__name__)
+
+# Slices per period: a pass every PERIOD / SLICES seconds over that share of the connections.
+SLICES = 10
+# Daphne's periods, kept: application_checker every second, timeout_checker every two.
+APPLICATION_PERIOD, TIMEOUT_PERIOD = 1.0, 2.0
+_patched: dict[str, Callable] = {}
+
+
+def pace() -> bool:
+    """Pace Daphne's Server, if Daphne is what runs and the setting allows; True if paced."""
+    if not conf.get("HEARTBEAT_PACE_DAPHNE") or _patched:
+        return bool(_patched)
+    try:
+        from daphne.server import Server
+    except ImportError:
+        return False
+    _patched.update(application_checker=Server.application_checker,
+                    timeout_checker=Server.timeout_checker)
+    Server.application_checker = _application_checker
+    Server.timeout_checker = _timeout_checker
+    return True
+
+
+def unpace() -> None:
+    """Give Daphne its own passes back (tests)."""
+    if _patched:
+        from daphne.server import Server
+
+        Server.application_checker = _patched.pop("application_checker")
+        Server.timeout_checker = _patched.pop("timeout_checker")
+
+
+class _Walk:
+    """A pass over a snapshot of the connections, a slice a call."""
+
+    __slots__ = ("items", "at")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.at = 0
+
+    def next_slice(self, connections: dict) -> list:
+        if self.at >= len(self.items):
+            self.items, self.at = list(connections), 0
+        size = max(1, math.ceil(len(self.items) / SLICES))
+        part = self.items[self.at:self.at + size]
+        self.at += size
+        return part
+
+
+def _walk(server: Any, name: str) -> _Walk:
+    walk = server.__dict__.get(name)
+    if walk is None:
+        walk = server.__dict__[name] = _Walk()
+    return walk
+
+
+def _application_checker(self) -> None:
+    from twisted.internet import reactor
+
+    try:
+        check_applications(self)
+    finally:
+        reactor.callLater(APPLICATION_PERIOD / SLICES, self.application_checker)
+
+
+def check_applications(server) -> None:
+    """Daphne's application_checker over the next slice of ``server``'s connections."""
+    for protocol in _walk(server, "_heartbeat_app_walk").next_slice(server.connections):
+        if protocol in server.connections:  # not if it went since the snapshot
+            _check_application(server, protocol, server.connections[protocol])
+
+
+def _check_application(self, protocol, details: dict) -> None:
+    # Daphne's application_checker, for one connection.
+    disconnected = details.get("disconnected", None)
+    application_instance = details.get("application_instance", None)
+    if disconnected and time.time() - disconnected > self.application_close_timeout:
+        if application_instance and not application_instance.done():
+            logger.warning("Application instance %r for connection %s took too long to shut "
+                           "down and was killed.", application_instance, repr(protocol))
+            application_instance.cancel()
+    if application_instance and application_instance.done():
+        try:
+            exception = application_instance.exception()
+        except (CancelledError, asyncio.CancelledError):
+            pass
+        else:
+            if exception:
+                if isinstance(exception, KeyboardInterrupt):
+                    self.stop()
+                else:
+                    logging.getLogger("daphne.server").error(
+                        "Exception inside application: %s", exception, exc_info=exception)
+                    if not disconnected:
+                        protocol.handle_exception(exception)
+        del details["application_instance"]
+        application_instance = None
+    if not application_instance and disconnected:
+        del self.connections[protocol]
+
+
+def _timeout_checker(self) -> None:
+    from twisted.internet import reactor
+
+    try:
+        check_timeouts(self)
+    finally:
+        reactor.callLater(TIMEOUT_PERIOD / SLICES, self.timeout_checker)
+
+
+def check_timeouts(server) -> None:
+    """Daphne's timeout_checker over the next slice of ``server``'s connections."""
+    for protocol in _walk(server, "_heartbeat_timeout_walk").next_slice(server.connections):
+        if protocol in server.connections:
+            protocol.check_timeouts()
