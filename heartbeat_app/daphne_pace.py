@@ -81,20 +81,41 @@ def _walk(server: Any, name: str) -> _Walk:
     return walk
 
 
-def _application_checker(self) -> None:
+def _slice(server: Any, name: str) -> list[tuple[Any, dict]]:
+    """The next slice's connections still there (not gone since the snapshot), with details."""
+    connections = server.connections
+    return [(protocol, connections[protocol])
+            for protocol in _walk(server, name).next_slice(connections)
+            if protocol in connections]
+
+
+def _again(server: Any, check: Callable[[Any], None], period: float, method) -> None:
     from twisted.internet import reactor
 
     try:
-        check_applications(self)
+        check(server)
     finally:
-        reactor.callLater(APPLICATION_PERIOD / SLICES, self.application_checker)
+        reactor.callLater(period / SLICES, method)
+
+
+def _application_checker(self) -> None:
+    _again(self, check_applications, APPLICATION_PERIOD, self.application_checker)
+
+
+def _timeout_checker(self) -> None:
+    _again(self, check_timeouts, TIMEOUT_PERIOD, self.timeout_checker)
 
 
 def check_applications(server) -> None:
     """Daphne's application_checker over the next slice of ``server``'s connections."""
-    for protocol in _walk(server, "_heartbeat_app_walk").next_slice(server.connections):
-        if protocol in server.connections:  # not if it went since the snapshot
-            _check_application(server, protocol, server.connections[protocol])
+    for protocol, details in _slice(server, "_heartbeat_app_walk"):
+        _check_application(server, protocol, details)
+
+
+def check_timeouts(server) -> None:
+    """Daphne's timeout_checker over the next slice of ``server``'s connections."""
+    for protocol, _ in _slice(server, "_heartbeat_timeout_walk"):
+        protocol.check_timeouts()
 
 
 def _check_application(self, protocol, details: dict) -> None:
@@ -124,19 +145,3 @@ def _check_application(self, protocol, details: dict) -> None:
         application_instance = None
     if not application_instance and disconnected:
         del self.connections[protocol]
-
-
-def _timeout_checker(self) -> None:
-    from twisted.internet import reactor
-
-    try:
-        check_timeouts(self)
-    finally:
-        reactor.callLater(TIMEOUT_PERIOD / SLICES, self.timeout_checker)
-
-
-def check_timeouts(server) -> None:
-    """Daphne's timeout_checker over the next slice of ``server``'s connections."""
-    for protocol in _walk(server, "_heartbeat_timeout_walk").next_slice(server.connections):
-        if protocol in server.connections:
-            protocol.check_timeouts()

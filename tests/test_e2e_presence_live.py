@@ -50,19 +50,24 @@ class Peer:
         raise AssertionError(f"not received in {timeout} s; got {self.messages[-5:]}")
 
 
-@pytest.fixture
-def two(migrated_db, redis_url, tmp_path):
+def servers_on_redis(migrated_db, redis_url, tmp_path, prefix, **settings):
+    """Two Daphne processes sharing one Redis (database 10), stopped and flushed after."""
     url = redis_url.rsplit("/", 1)[0] + "/10"
     redis.Redis.from_url(url).flushdb()
     env = server_env(migrated_db, REDIS_URL=url, HEARTBEAT_TICK="0.1",
-                     PRESENCE_KEY_PREFIX=f"hblive-{os.urandom(3).hex()}",
-                     HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5")
+                     PRESENCE_KEY_PREFIX=f"{prefix}-{os.urandom(3).hex()}",
+                     HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5", **settings)
     a = ServerProcess(tmp_path, env, name="A").start()
     b = ServerProcess(tmp_path, env, name="B").start()
     yield a, b
     a.stop()
     b.stop()
     redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def two(migrated_db, redis_url, tmp_path):
+    yield from servers_on_redis(migrated_db, redis_url, tmp_path, "hblive")
 
 
 async def peer(server, room, tab):
@@ -131,18 +136,8 @@ async def test_join_update_broadcast_and_leave_across_two_processes(two):
 def two_big(migrated_db, redis_url, tmp_path):
     """Two processes on which a room of two members is big (PRESENCE_FULL_LIST_MAX 1), with
     a fan-out budget of 4 frames a second: passes wait, and their signals pile up."""
-    url = redis_url.rsplit("/", 1)[0] + "/10"
-    redis.Redis.from_url(url).flushdb()
-    env = server_env(migrated_db, REDIS_URL=url, HEARTBEAT_TICK="0.1",
-                     PRESENCE_KEY_PREFIX=f"hbbig-{os.urandom(3).hex()}",
-                     HEARTBEAT_INTERVAL="5", HEARTBEAT_TIMEOUT="5",
-                     PRESENCE_FULL_LIST_MAX="1", PRESENCE_SIGNAL_FANOUT="4")
-    a = ServerProcess(tmp_path, env, name="A").start()
-    b = ServerProcess(tmp_path, env, name="B").start()
-    yield a, b
-    a.stop()
-    b.stop()
-    redis.Redis.from_url(url).flushdb()
+    yield from servers_on_redis(migrated_db, redis_url, tmp_path, "hbbig",
+                                PRESENCE_FULL_LIST_MAX="1", PRESENCE_SIGNAL_FANOUT="4")
 
 
 def signals(peer, room="big"):
