@@ -27,8 +27,10 @@ class Reaper:
 
     def __init__(self, store: BaseStore, instance: str, *,
                  call: Callable[[str, Awaitable], Awaitable[Any]],
-                 queue: Callable[[list[Change]], None]):
+                 queue: Callable[[list[Change]], None],
+                 beat: Callable[[], Awaitable[Any]] | None = None):
         self.store = store
+        self.beat = beat  # the tracker's instance beat
         self.instance = instance
         self.call = call  # the tracker's timed, outage-aware store call
         self.queue = queue  # where the changes go to become diffs
@@ -45,6 +47,10 @@ class Reaper:
         if not await self.call("lease", self.store.acquire_lease(
                 "reaper", self.instance, lease_ms)):
             return
+        if self.beat is not None:
+            # A tick that ran longer than the instance TTL (a busy process) would find
+            # this very process lost, reap its members and drop its channels' groups.
+            await self.beat()
         result = await self.call("reap", self.store.reap(instance_ttl_ms))
         self.queue(result.changes)
         layer = get_channel_layer()

@@ -58,7 +58,8 @@ class Tracker(Rejoins, Service):
         self.announcer = Announcer(runtime, self.store, call=self._call,
                                    wake=self.ensure_running)
         self._queue = self.announcer.queue
-        self.reaper = Reaper(self.store, self.instance, call=self._call, queue=self._queue)
+        self.reaper = Reaper(self.store, self.instance, call=self._call, queue=self._queue,
+                             beat=lambda: self._beat([]))
         self._joining: list[tuple] = []  # (local, rooms, new rooms, done)
         self._join_task: asyncio.Task | None = None
         self._beaten = False
@@ -292,13 +293,16 @@ class Tracker(Rejoins, Service):
         missing = await self._beat(entries)
         for local in due:
             local.refreshed = now
+        back = []
         for room, session in missing:
             local = self.local.get(session)
-            if local is not None and local.leave_at is None:
-                # Reaped while this process was away (a stall): put it back.
+            if local is not None and local.leave_at is None and room in local.metas:
+                # Reaped while this process was away (a stall): put it back, all in one
+                # call (a process found lost has thousands).
                 local.metas[room] = {**local.metas[room], "ref": new_ref()}
-                self._queue(await self._call("join", self.store.join(
-                    room, local.metas[room], ms("PRESENCE_TTL"))))
+                back.append((room, local.metas[room]))
+        if back:
+            self._queue(await self._call("join", self.store.join_many(back, ms("PRESENCE_TTL"))))
 
     async def _flush_discards(self) -> None:
         discards, self._discards = self._discards, []
@@ -316,10 +320,6 @@ class Tracker(Rejoins, Service):
             instance_info(get_channel_layer())))
         self._beaten = True
         return missing
-
-    async def _send_state(self, local: LocalSession, room: str) -> None:
-        count = await self._call("count", self.store.count(room))
-        await local.send(await self.announcer.room_state(room, count, local.fetch))
 
     def _live(self) -> list[LocalSession]:
         return [local for local in self.local.values() if local.leave_at is None]

@@ -153,3 +153,119 @@ async def test_a_join_the_outage_held_back_is_in_the_rooms_group_once_written(
     await active.step()
     assert channel in layer.groups.get(group_name("lobby"), {})
     assert [f["type"] for f in sent] == ["presence_state"]
+
+
+class ReadCountingStore(MemoryStore):
+    """The memory store; counts its member reads."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.member_reads = 0
+
+    async def members(self, room):
+        self.member_reads += 1
+        return await super().members(room)
+
+
+async def test_the_rebuild_reads_each_room_once_whatever_its_members(make_runtime):
+    """Back from an outage, each room's state is read once and sent to every local member
+    of it: per member, a room of N members costs N reads of N members each."""
+    from channels.layers import InMemoryChannelLayer
+
+    from heartbeat_app.state import SessionState
+
+    runtime = make_runtime()
+    store = ReadCountingStore()
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    layer = InMemoryChannelLayer()
+    sent = {}
+
+    def sender(frames):
+        async def send(frame):
+            frames.append(frame)
+        return send
+
+    for n in range(30):
+        state = SessionState(tab=f"t{n}", interval=None, timeout=None, user_key=f"k{n}",
+                             channel=await layer.new_channel())
+        sent[state.id] = []
+        await active.join(state, ["big" if n < 25 else "small"], {}, layer=layer,
+                          send=sender(sent[state.id]))
+    store.member_reads = 0
+    active.calls.rebuild_needed = True
+    await active.step()
+    assert store.member_reads == 2, "one read of each room"
+    states = [frames[-1] for frames in sent.values()]
+    assert all(f["type"] == "presence_state" for f in states)
+    assert sorted(len(f["members"]) for f in states) == [5] * 5 + [25] * 25
+
+
+async def test_a_process_never_reaps_itself_after_a_long_tick(make_runtime, settings):
+    """A tick that ran longer than PRESENCE_INSTANCE_TTL (a busy process) beats before its
+    reaper pass: it does not find itself lost and take its own members out."""
+    from channels.layers import InMemoryChannelLayer
+
+    from heartbeat_app.state import SessionState
+
+    settings.PRESENCE_INSTANCE_TTL = 15.0
+    settings.PRESENCE_REAP_INTERVAL = 5.0
+    runtime = make_runtime()
+    store = MemoryStore(clock=runtime.clock)
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    layer = InMemoryChannelLayer()
+    state = SessionState(tab="t1", interval=None, timeout=None, user_key="k1",
+                         channel=await layer.new_channel())
+    async def send(frame):
+        pass
+
+    await active.join(state, ["lobby"], {}, layer=layer, send=send)
+    await active.step()
+    runtime.fake_clock.advance(settings.PRESENCE_REAP_INTERVAL)  # a reaper pass is due
+    slow = active._flush_updates
+
+    async def long_flush():  # the tick's work after the beat takes 20 s
+        runtime.fake_clock.advance(20.0)
+        await slow()
+
+    active._flush_updates = long_flush
+    await active.step()
+    assert await store.members("lobby"), "still a member"
+    assert active.announcer.diffs == {}, "no leave of its own"
+
+
+async def test_metas_reaped_while_the_process_was_away_are_put_back_in_one_call(
+        make_runtime, settings):
+    from channels.layers import InMemoryChannelLayer
+
+    from heartbeat_app.state import SessionState
+
+    class JoinCounting(MemoryStore):
+        joins = 0
+
+        async def join_many(self, entries, ttl_ms, now_ms=None, *, tab_cap=None):
+            JoinCounting.joins += 1
+            return await super().join_many(entries, ttl_ms, now_ms, tab_cap=tab_cap)
+
+    runtime = make_runtime()
+    store = JoinCounting(clock=runtime.clock)
+    active = runtime.replace(tracker.Tracker(runtime, store))
+    layer = InMemoryChannelLayer()
+
+    async def send(frame):
+        pass
+
+    states = []
+    for n in range(40):
+        state = SessionState(tab=f"t{n}", interval=None, timeout=None, user_key=f"k{n}",
+                             channel=await layer.new_channel())
+        await active.join(state, ["lobby"], {}, layer=layer, send=send)
+        states.append(state)
+    for state in states:  # taken out elsewhere, as a reaper does with a process it thinks lost
+        await store.leave("lobby", state.id, LeaveReason.TIMEOUT)
+    JoinCounting.joins = 0
+    runtime.fake_clock.advance(settings.PRESENCE_TTL / 3)  # every session's refresh is due
+    await active.step()
+    members = await store.members("lobby")
+    assert sorted(m["metas"][0]["session"] for m in members.values()) == sorted(
+        s.id for s in states)
+    assert JoinCounting.joins == 1, "one store call for all of them"
