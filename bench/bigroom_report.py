@@ -174,12 +174,16 @@ def render(data) -> str:
     lines = [
         "## A room of 10,000 members", "",
         bl.machine_line(first["machine"]), "",
+        "Commands (results: `bench/results/bigroom.json`, one entry per run; the runs "
+        "were made on more than one machine, named at each: compare only runs of one):"
+        if len({r["machine"]["cpu"] for r in runs}) > 1 else
         "Commands (results: `bench/results/bigroom.json`, one entry per run):", "",
     ]
     for r in runs:
         m = r["machine"]
-        lines.append(f"- `{r['command']}`: commit `{r['commit']}`, measured {m['date']}, load "
-                     f"average {' / '.join(map(str, m['loadavg']))}")
+        lines.append(f"- `{r['command']}`: commit `{r['commit']}`, measured {m['date']} on "
+                     f"{m['cpus']} × {m['cpu']}, load average "
+                     f"{' / '.join(map(str, m['loadavg']))}")
     lines += [
         "",
         "One Daphne process (CPU 0, open-file limit "
