@@ -51,16 +51,27 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def server(migrated_db, tmp_path_factory):
-    """The demo on Daphne, 1 s heartbeats, a short leave grace, big rooms above 2 members."""
+def demo_server(migrated_db, tmp_path_factory, **env):
     where = tmp_path_factory.mktemp("browser-presence")
     (where / "presence_demo_settings.py").write_text(SETTINGS)
     proc = ServerProcess(where, server_env(
         migrated_db, PRESENCE_LEAVE_GRACE="0.5",
-        DJANGO_SETTINGS_MODULE="presence_demo_settings", PYTHONPATH=str(where))).start()
+        DJANGO_SETTINGS_MODULE="presence_demo_settings", PYTHONPATH=str(where), **env)).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(migrated_db, tmp_path_factory):
+    """The demo on Daphne, 1 s heartbeats, a short leave grace, big rooms above 2 members."""
+    yield from demo_server(migrated_db, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def slow_fanout_server(migrated_db, tmp_path_factory):
+    """The same with a signal budget of 4 frames a second: a pass waits, and the signals
+    that come in meanwhile go out together (one ``broadcasts`` frame in a big room)."""
+    yield from demo_server(migrated_db, tmp_path_factory, PRESENCE_SIGNAL_FANOUT="4")
 
 
 class Page:
@@ -283,3 +294,38 @@ def test_a_big_room_shows_its_count_and_its_list_again_when_it_shrinks(server, p
         assert page.page.is_hidden("#hb-big-room")
     assert [f["type"] for f in one.sent if f.get("room") == "big"] == ["join"]
     assert len(one.sockets) == 1
+
+
+def test_a_big_rooms_batched_signals_reach_the_typing_line(slow_fanout_server, pages):
+    origin = slow_fanout_server.origin
+    one = pages(f"{origin}/?room=bigtype")
+    two = pages(f"{origin}/?room=bigtype")
+    two.wait(row(one.key))
+    key = one.key
+    three = pages(f"{origin}/?room=bigtype")
+    three.wait('#hb-count[data-count-only="true"]')
+    for page in (one, two):
+        page.wait('#hb-count[data-count-only="true"]', timeout=3)
+    # The first signal's pass spends more than the budget's burst; the next pass waits
+    # for it, and takes both signals sent meanwhile in one frame.
+    one.page.evaluate("""() => {
+        const room = document.body.dataset.room;
+        demo.sock.broadcast(room, "cursor", {x: 1});
+        setTimeout(() => {
+            demo.sock.broadcast(room, "typing", {typing: true});
+            demo.sock.broadcast(room, "mood", {m: "ok"});
+        }, 50);
+    }""")
+    try:
+        line = three.wait("#hb-typing:not([hidden])")
+    except Exception as error:
+        raise AssertionError(f"no typing line; three received {three.received[-6:]}") from error
+    assert line.get_attribute("data-keys") == key
+    batches = [f for f in three.received if f.get("type") == "broadcasts"]
+    assert batches, [f.get("type") for f in three.received]
+    assert [(s["event"], s["from"]) for s in batches[-1]["signals"]] == [
+        ("typing", key), ("mood", key)]
+    assert not [f for f in one.received if f.get("type") in ("broadcast", "broadcasts")], \
+        "never its own"
+    print(f"\n[big room] three got {len(batches)} broadcasts frame(s): "
+          f"{[s['event'] for s in batches[-1]['signals']]}")
