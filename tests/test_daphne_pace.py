@@ -5,6 +5,7 @@ timeout); Daphne itself runs paced in every end-to-end test.
 """
 
 import asyncio
+import sys
 
 from daphne.server import Server
 
@@ -73,15 +74,26 @@ async def test_a_connection_gone_since_the_snapshot_is_skipped():
     assert len(server.connections) == 1
 
 
-def test_pace_patches_daphne_once_and_the_setting_turns_it_off(settings):
+def test_pace_patches_daphne_once_and_the_setting_turns_it_off(settings, monkeypatch):
+    was_paced = bool(daphne_pace._patched)
     daphne_pace.unpace()
-    settings.HEARTBEAT_PACE_DAPHNE = False
-    assert daphne_pace.pace() is False
-    assert Server.application_checker.__module__ == "daphne.server"
-    settings.HEARTBEAT_PACE_DAPHNE = True
-    assert daphne_pace.pace() is True
-    assert Server.application_checker is daphne_pace._application_checker
-    assert Server.timeout_checker is daphne_pace._timeout_checker
-    daphne_pace.unpace()
-    assert Server.timeout_checker.__module__ == "daphne.server"
-    assert daphne_pace.pace() is True  # as the app's ready() left it
+    try:
+        settings.HEARTBEAT_PACE_DAPHNE = False
+        assert daphne_pace.pace() is False
+        assert Server.application_checker.__module__ == "daphne.server"
+        settings.HEARTBEAT_PACE_DAPHNE = True
+        assert daphne_pace.pace() is True
+        assert Server.application_checker is daphne_pace._application_checker
+        assert Server.timeout_checker is daphne_pace._timeout_checker
+        assert daphne_pace.pace() is True, "once: a second call patches nothing again"
+        daphne_pace.unpace()
+        assert Server.timeout_checker.__module__ == "daphne.server"
+        # A process that never imported Daphne's server is not Daphne: nothing is imported.
+        monkeypatch.delitem(sys.modules, "daphne.server")
+        assert daphne_pace.pace() is False
+        assert "daphne.server" not in sys.modules
+    finally:
+        monkeypatch.undo()
+        daphne_pace.unpace()
+        if was_paced:  # as the app's ready() left it
+            daphne_pace.pace()
