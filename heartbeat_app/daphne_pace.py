@@ -9,6 +9,15 @@ connections every tenth of a second: each connection is still checked once a sec
 (timeouts every two), and no pass holds the loop for more than its slice. The checks
 themselves are Daphne's own (``daphne/server.py``, 4.x, BSD licence), taken one
 connection at a time. HEARTBEAT_PACE_DAPHNE = False leaves Daphne as it is.
+
+The application check does nothing for a connection that is open and whose application
+still runs, which is nearly every connection of a busy server. So it is made only for
+the connections that changed: those Daphne was told disconnected, and those whose
+application finished (a done callback on the future Daphne made for it), every tenth
+of a second until reaped. A sweep over every connection, a hundredth of them every
+tenth of a second (each once in ``SWEEP_PERIOD``), is the safety net for any change
+that came another way. At 19,000 connections this is about 2,000 checks a second, not
+19,000.
 """
 
 from __future__ import annotations
@@ -30,7 +39,11 @@ logger = logging.getLogger(__name__)
 SLICES = 10
 # Daphne's periods, kept: application_checker every second, timeout_checker every two.
 APPLICATION_PERIOD, TIMEOUT_PERIOD = 1.0, 2.0
+# The application sweep over every connection, the safety net of the changed ones.
+SWEEP_PERIOD = 10.0
 _patched: dict[str, Callable] = {}
+_METHODS = ("application_checker", "timeout_checker", "create_application",
+            "protocol_disconnected")
 
 
 def pace() -> bool:
@@ -46,10 +59,12 @@ def pace() -> bool:
     if module is None:
         return False
     Server = module.Server  # noqa: N806 (the class, as Daphne names it)
-    _patched.update(application_checker=Server.application_checker,
-                    timeout_checker=Server.timeout_checker)
-    Server.application_checker = _application_checker
-    Server.timeout_checker = _timeout_checker
+    ours = {"application_checker": _application_checker, "timeout_checker": _timeout_checker,
+            "create_application": _create_application,
+            "protocol_disconnected": _protocol_disconnected}
+    for name in _METHODS:
+        _patched[name] = getattr(Server, name)
+        setattr(Server, name, ours[name])
     return True
 
 
@@ -58,8 +73,29 @@ def unpace() -> None:
     if _patched:
         from daphne.server import Server
 
-        Server.application_checker = _patched.pop("application_checker")
-        Server.timeout_checker = _patched.pop("timeout_checker")
+        for name in _METHODS:
+            setattr(Server, name, _patched.pop(name))
+
+
+def changed(server: Any) -> set:
+    """The connections of ``server`` its application check is due for."""
+    dirty = server.__dict__.get("_heartbeat_changed")
+    if dirty is None:
+        dirty = server.__dict__["_heartbeat_changed"] = set()
+    return dirty
+
+
+def _create_application(self, protocol, scope):
+    queue = _patched["create_application"](self, protocol, scope)
+    future = self.connections.get(protocol, {}).get("application_instance")
+    if future is not None:
+        future.add_done_callback(lambda _: changed(self).add(protocol))
+    return queue
+
+
+def _protocol_disconnected(self, protocol) -> None:
+    _patched["protocol_disconnected"](self, protocol)
+    changed(self).add(protocol)
 
 
 class _Walk:
@@ -71,10 +107,10 @@ class _Walk:
         self.items: list = []
         self.at = 0
 
-    def next_slice(self, connections: dict) -> list:
+    def next_slice(self, connections: dict, slices: int) -> list:
         if self.at >= len(self.items):
             self.items, self.at = list(connections), 0
-        size = max(1, math.ceil(len(self.items) / SLICES))
+        size = max(1, math.ceil(len(self.items) / slices))
         part = self.items[self.at:self.at + size]
         self.at += size
         return part
@@ -87,11 +123,11 @@ def _walk(server: Any, name: str) -> _Walk:
     return walk
 
 
-def _slice(server: Any, name: str) -> list[tuple[Any, dict]]:
+def _slice(server: Any, name: str, slices: int = SLICES) -> list[tuple[Any, dict]]:
     """The next slice's connections still there (not gone since the snapshot), with details."""
     connections = server.connections
     return [(protocol, connections[protocol])
-            for protocol in _walk(server, name).next_slice(connections)
+            for protocol in _walk(server, name).next_slice(connections, slices)
             if protocol in connections]
 
 
@@ -113,8 +149,19 @@ def _timeout_checker(self) -> None:
 
 
 def check_applications(server) -> None:
-    """Daphne's application_checker over the next slice of ``server``'s connections."""
-    for protocol, details in _slice(server, "_heartbeat_app_walk"):
+    """Daphne's application_checker over the changed connections and the sweep's next slice."""
+    connections, dirty = server.connections, changed(server)
+    for protocol in list(dirty):
+        details = connections.get(protocol)
+        if details is not None:
+            _check_application(server, protocol, details)
+        if protocol not in connections or "disconnected" not in connections[protocol]:
+            # Reaped, or open with its application done and its future dropped: nothing
+            # more until it disconnects. A disconnected one whose application still runs
+            # stays, for Daphne's close timeout.
+            dirty.discard(protocol)
+    slices = round(SWEEP_PERIOD / APPLICATION_PERIOD * SLICES)
+    for protocol, details in _slice(server, "_heartbeat_app_walk", slices):
         _check_application(server, protocol, details)
 
 
