@@ -349,10 +349,9 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         session = self.heartbeat_session
         if session is None or session.closed:
             return
-        logger.info(
-            "heartbeat session %s silent for %.3f s: closing as a zombie (4408)",
-            session.id, silence,
-        )
+        unanswered = self._heartbeat_scheduler.now() - (session.probe_sent_at or session.last_heard)
+        logger.info("heartbeat session %s silent for %.3f s, its probe unanswered for %.3f s: "
+                    "closing as a zombie (4408)", session.id, silence, unanswered)
         if session.close_code is not None:
             # Already closed by the server, and the transport never confirmed it:
             # keep the recorded cause, just finish the teardown.
