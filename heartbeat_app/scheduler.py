@@ -127,13 +127,8 @@ class Scheduler(Service):
                 # back would hold every other message up for the whole tick.
                 await asyncio.sleep(0)
         for session in zombies:
-            self.sessions.discard(session)
-            self.metrics.zombies.inc()
-            if session.on_zombie is not None:
-                # A close must not hold up the tick, nor one failure stop the others.
-                asyncio.ensure_future(
-                    self._guard(session.on_zombie(now - session.last_heard), session)
-                )
+            # A close must not hold up the tick, nor one failure stop the others.
+            asyncio.ensure_future(self._close_zombie(session))
 
     def _judge(self, session: SessionState, now: float, probes: list, zombies: list):
         """Decide one due session; return when it is next due, or None."""
@@ -161,7 +156,31 @@ class Scheduler(Service):
             return now + interval
         return max(session.last_heard + interval + timeout, now + timeout / 2)
 
+    def _heard_since_judged(self, session: SessionState) -> bool:
+        """True, and the session rescheduled, if a frame of it was read after its judgement.
+
+        The probes of a step yield to the loop, and the close runs in a task of its own:
+        a frame read in between (a pong held up on a saturated loop) proves the client
+        there, so it is not closed.
+        """
+        if session.probe_outstanding or session.closed or session not in self.sessions:
+            return False
+        session.zombie_at = None
+        self._push(session, session.last_heard + session.interval + session.phase)
+        return True
+
+    async def _close_zombie(self, session: SessionState) -> None:
+        if self._heard_since_judged(session) or session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.metrics.zombies.inc()
+        if session.on_zombie is not None:
+            await self._guard(session.on_zombie(self.now() - session.last_heard), session)
+
     async def _probe(self, session: SessionState) -> None:
+        # Its answer is timed from now, when it leaves, not from the judgement: a step's
+        # probes go out a batch at a time, and a busy loop can hold the last ones up.
+        session.probe_sent_at = self.now()
         self.metrics.probes.inc()
         if session.on_probe is None:
             return

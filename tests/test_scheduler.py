@@ -442,6 +442,58 @@ async def test_a_probe_sent_very_late_is_answered_in_time(scheduler, clock):
     assert rec.zombies == []
 
 
+async def test_a_pong_read_while_the_steps_probes_go_out_saves_a_judged_zombie(scheduler, clock):
+    """Judged silent, then heard before its close runs: a live client, not a zombie."""
+    silent, rec = new_session(clock)
+    scheduler.add(silent)
+    await run_until(scheduler, clock, 25.0)
+    assert rec.probe_times == [25.0]
+
+    async def probe_and_let_a_frame_in(probe_id):
+        scheduler.touch(silent)  # the loop ran while this probe went out: the pong was read
+
+    other, _ = new_session(clock, on_probe=probe_and_let_a_frame_in)
+    clock.now = 35.0 - INTERVAL
+    scheduler.add(other)  # due for its probe at 35, in the step that judges `silent`
+    await step_at(scheduler, clock, 35.0)
+    assert rec.zombies == [], "heard before its close: not closed"
+    assert scheduler.metrics.zombies.value() == 0
+    assert silent in scheduler.sessions
+    # It stays watched: silent from 35 on, it is probed and then closed as usual.
+    await run_until(scheduler, clock, 70.0)
+    assert rec.probe_times == [25.0, 60.0] and rec.zombie_times == [70.0]
+    assert rec.zombies[0][1] == pytest.approx(35.0), "its silence counts from the pong"
+
+
+async def test_a_pong_read_after_the_step_before_the_close_runs_saves_it(scheduler, clock):
+    session, rec = new_session(clock)
+    scheduler.add(session)
+    await run_until(scheduler, clock, 34.5)
+    clock.now = 35.0
+    await scheduler.step()  # judged a zombie; its close is a task not yet run
+    scheduler.touch(session)
+    await settle()
+    assert rec.zombies == [] and session in scheduler.sessions
+
+
+async def test_a_probe_is_timed_from_when_it_left_not_from_its_judgement(scheduler, clock):
+    async def slow_probe(probe_id):
+        clock.now += 8.0  # a send that held the loop: the probes after it leave later
+
+    slow, _ = new_session(clock, on_probe=slow_probe)
+    later, rec = new_session(clock)
+    scheduler.add(slow)
+    scheduler.add(later)
+    await step_at(scheduler, clock, 25.0)
+    assert later.probe_sent_at == pytest.approx(33.0)
+    # Silent for interval + timeout at 35, but its probe has half the timeout from 33,
+    # when it left, not from 25: closed at 38, not 35.
+    await run_until(scheduler, clock, 37.5)
+    assert rec.zombies == []
+    await run_until(scheduler, clock, 38.0)
+    assert rec.zombie_times == [38.0]
+
+
 async def test_now_is_the_clock_less_the_stalls(scheduler, clock):
     await step_at(scheduler, clock, 40.0, planned=10.0)
     await step_at(scheduler, clock, 47.5, planned=45.0)
