@@ -381,5 +381,18 @@ def presence_diff(room: str, joins: dict[str, dict], leaves: dict[str, dict],
 
 
 def dumps(message: dict[str, Any]) -> str:
-    """Encode a message compactly."""
+    """Encode a message compactly (an ``Encoded`` one is not encoded again)."""
+    if type(message) is Encoded:
+        return message.text
     return json.dumps(message, separators=(",", ":"))
+
+
+class Encoded(dict):
+    """A message encoded once for the many sessions it goes to (a room's state to each
+    of its joiners): still the message, with its text kept. Not to be changed."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, message: dict[str, Any]):
+        super().__init__(message)
+        self.text = json.dumps(message, separators=(",", ":"))

@@ -10,6 +10,7 @@ from . import conf
 from .conf import ms
 from .limits import ERR_TOO_MANY_TABS, JOIN_REFUSALS, over_tab_cap
 from .presence_messages import refusal
+from .protocol import Encoded
 from .state import LocalSession
 
 # Sessions whose metas one store call writes again.
@@ -57,7 +58,7 @@ class Rejoins:
                 rooms.setdefault((room, id(local.fetch)), (room, local.fetch, []))[2].append(local)
         for room, fetch, members in rooms.values():
             count = await self._call("count", self.store.count(room))
-            state = await self.announcer.room_state(room, count, fetch)
+            state = Encoded(await self.announcer.room_state(room, count, fetch))
             for local in members:
                 if room in local.metas:  # not if it left meanwhile
                     await local.send(state)

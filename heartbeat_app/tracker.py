@@ -28,7 +28,7 @@ from .instance import instance_id, instance_info
 from .layers import concurrently, group_name
 from .limits import ERR_TOO_MANY_TABS, over_tab_cap
 from .presence_messages import ERR_ROOM_FULL
-from .protocol import LeaveReason
+from .protocol import Encoded, LeaveReason
 from .reaper import Reaper
 from .rejoin import Rejoins
 from .runtime import Runtime, Service, get_runtime
@@ -165,7 +165,7 @@ class Tracker(Rejoins, Service):
                         self.announcer.fetchers.setdefault(room, local.fetch)
             read = await concurrently(self.announcer.room_state(room, counts[room], fetch)
                                       for room, fetch in wanted.values())
-            states = dict(zip(wanted, read, strict=True))
+            states = dict(zip(wanted, map(Encoded, read), strict=True))
         except StoreUnavailable:
             # Joined (and sent their state) at a later tick, or by the rebuild
             # when the store comes back from an outage.

@@ -557,3 +557,12 @@ def test_a_ping_may_report_the_round_trip_its_client_measured():
     for bad in (-1, "12", True, 10**9):
         with pytest.raises(ProtocolError):
             protocol.parse_heartbeat({"type": "ping", "id": 3, "rtt_ms": bad})
+
+
+def test_an_encoded_message_is_the_message_and_is_not_encoded_again(monkeypatch):
+    state = protocol.presence_state("lobby", [{"key": "k1", "visible": True}], seqs={"o": 3})
+    encoded = protocol.Encoded(state)
+    assert encoded == state and encoded.text == protocol.dumps(state)
+    calls = []
+    monkeypatch.setattr(protocol.json, "dumps", lambda *a, **k: calls.append(a) or "")
+    assert protocol.dumps(encoded) == encoded.text and calls == []

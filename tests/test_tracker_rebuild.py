@@ -4,12 +4,13 @@ The memory store and a tracker stepped by hand; the outage is the store raising
 StoreUnavailable, as the Redis store does when Redis is down.
 """
 
+import json
 import random
 
 import pytest
 
 from heartbeat_app import tracker
-from heartbeat_app.protocol import LeaveReason
+from heartbeat_app.protocol import Encoded, LeaveReason
 from heartbeat_app.stores import MemoryStore, StoreUnavailable
 
 TTL = 30_000
@@ -198,6 +199,10 @@ async def test_the_rebuild_reads_each_room_once_whatever_its_members(make_runtim
     states = [frames[-1] for frames in sent.values()]
     assert all(f["type"] == "presence_state" for f in states)
     assert sorted(len(f["members"]) for f in states) == [5] * 5 + [25] * 25
+    # Each room's state is encoded once, for all its members, not once a member.
+    assert all(type(f) is Encoded for f in states)
+    assert len({id(f) for f in states}) == 2
+    assert all(json.loads(f.text) == f for f in states)
 
 
 async def test_a_process_never_reaps_itself_after_a_long_tick(make_runtime, settings):
