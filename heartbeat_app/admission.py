@@ -29,6 +29,7 @@ from typing import Any
 from . import conf, protocol
 from .protocol import CloseCode
 from .runtime import Runtime, Service, get_runtime
+from .sendpath import passes_frames
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class AdmissionMiddleware:
 
         try:
             return await self.app(dict(scope, **{TICKET: ticket}),
-                                  receive, send_watching_the_handshake)
+                                  receive, passes_frames(send_watching_the_handshake, send))
         finally:
             finish()
 

@@ -24,6 +24,7 @@ from .protocol import CloseCode, CloseReason, ProtocolError
 from .recorder import Recorder
 from .runtime import get_runtime
 from .scheduler import Scheduler
+from .sendpath import frames_out
 from .signals import session_closed, session_opened, zombie_detected
 from .state import SessionState
 
@@ -334,8 +335,8 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         await self._heartbeat_send(error.as_message())
 
     async def _heartbeat_send(self, message: dict[str, Any]) -> None:
-        try:
-            await self.base_send({"type": "websocket.send", "text": protocol.dumps(message)})
+        try:  # past the wrappers that pass a websocket.send unchanged (sendpath.py)
+            await frames_out(self)({"type": "websocket.send", "text": protocol.dumps(message)})
         except Exception as exc:
             # The peer went away between its frame and our answer (Daphne raises
             # Disconnected): the disconnect event that follows ends the session.
