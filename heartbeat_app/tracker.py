@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -37,6 +38,9 @@ from .storecalls import StoreCalls
 from .stores import BaseStore, StoreUnavailable, get_store, new_ref
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two counts of the rooms with local sessions (a pass over every session).
+ROOMS_EVERY = 5.0
 
 
 class Tracker(Rejoins, Service):
@@ -64,7 +68,14 @@ class Tracker(Rejoins, Service):
         self._join_task: asyncio.Task | None = None
         self._beaten = False
         self._discards: list[tuple] = []  # (layer, group, channel) to leave at the next tick
-        self.room_count = 0  # rooms with local sessions, as of the last tick
+        self.room_count = 0  # rooms with local sessions, counted every ROOMS_EVERY seconds
+        self._rooms_at = float("-inf")
+        # No pass over every session at each tick: the sessions in their leave grace, and
+        # every session in the order of its last refresh, the oldest first, as (session id,
+        # its refresh time). An entry whose session is gone, or refreshed or joined again
+        # since, is dropped when reached, and holds nothing of the session meanwhile.
+        self._leaving: dict[str, LocalSession] = {}
+        self._refresh_order: deque[tuple[str, float]] = deque()
         # A plain number: a scrape from another thread never walks self.local.
         self.metrics.rooms.set_function(lambda: self.room_count)
 
@@ -104,6 +115,8 @@ class Tracker(Rejoins, Service):
         if local is None or local.leave_at is not None:
             local = self.local[state.id] = LocalSession(send, layer, state, {}, fetch)
             local.refreshed = self.clock.monotonic()
+            self._leaving.pop(state.id, None)
+            self._refresh_order.append((state.id, local.refreshed))
         new = [room for room in rooms if room not in local.metas]
         for room in new:
             local.metas[room] = self._meta(state, extra)
@@ -248,11 +261,10 @@ class Tracker(Rejoins, Service):
         self._discards += [(local.layer, group_name(room), state.channel) for room in local.metas]
         local.reason = reason
         delay = conf.get("PRESENCE_LEAVE_GRACE") + after if grace else 0
-        if delay:
-            local.leave_at = self.clock.monotonic() + delay
-            return
-        local.leave_at = self.clock.monotonic()
-        await self._finish_leave(local)
+        local.leave_at = self.clock.monotonic() + delay
+        self._leaving[state.id] = local
+        if not delay:
+            await self._finish_leave(local)
 
     def visibility_changed(self, state: SessionState) -> None:
         """Mark a session's metas for an update at the next tick."""
@@ -282,17 +294,32 @@ class Tracker(Rejoins, Service):
             pass
         await self._flush_discards()
         await self.announcer.flush(now)
-        self.room_count = len({room for local in self.local.values() for room in local.metas})
+        if now - self._rooms_at >= ROOMS_EVERY:
+            self._rooms_at = now
+            self.room_count = len({room for local in self.local.values() for room in local.metas})
 
     async def _refresh(self, now: float) -> None:
         # Every local session is refreshed once a third of the TTL: one call per
         # tick at most, whatever the number of sessions.
         every = conf.get("PRESENCE_TTL") / 3
-        due = [local for local in self.local.values() if now - local.refreshed >= every]
+        order, due, local_of = self._refresh_order, [], self.local.get
+        while order:
+            session_id, stamp = order[0]
+            local = local_of(session_id)
+            if local is not None and local.refreshed <= stamp:
+                if now - local.refreshed < every:
+                    break
+                due.append(local)
+            order.popleft()
         entries = [(room, local.state.id) for local in due for room in local.metas]
-        missing = await self._beat(entries)
+        try:
+            missing = await self._beat(entries)
+        except BaseException:
+            order.extendleft((x.state.id, x.refreshed) for x in reversed(due))  # the next tick
+            raise
         for local in due:
             local.refreshed = now
+        order.extend((local.state.id, now) for local in due)
         back = []
         for room, session in missing:
             local = self.local.get(session)
@@ -343,11 +370,11 @@ class Tracker(Rejoins, Service):
                     room, local.metas[room], ms("PRESENCE_TTL"))))
 
     async def _flush_leaves(self, now: float) -> None:
-        for local in [x for x in self.local.values() if x.leave_at is not None]:
-            if local.leave_at <= now:
-                await self._finish_leave(local)
+        for local in [x for x in self._leaving.values() if x.leave_at <= now]:
+            await self._finish_leave(local)
 
     async def _finish_leave(self, local: LocalSession) -> None:
+        self._leaving.pop(local.state.id, None)
         self.local.pop(local.state.id, None)
         self.dirty.pop(local.state.id, None)
         for room in local.metas:
