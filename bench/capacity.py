@@ -17,9 +17,12 @@ With the default collector thresholds a ramp to 19,000 stalls in full collection
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
+import signal
 import time
+import urllib.request
 
 from bench import benchlib as bl
 
@@ -57,9 +60,66 @@ def gc_pauses(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"gc gen2 pause ([0-9.]+) ms", log)]
 
 
-def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False, extra=()):
+# Counters of the server's /metrics compared across the soak: what the process did in it.
+SOAK_COUNTERS = ("heartbeat_probes_total", "heartbeat_zombies_total",
+                 "heartbeat_presence_store_late_total", "heartbeat_presence_outages_total",
+                 "heartbeat_presence_broadcasts_total", "heartbeat_presence_store_seconds_count")
+
+
+def _counters(port: int) -> dict[str, float]:
+    """The SOAK_COUNTERS of the server's /metrics, each series apart (empty if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.split("{", 1)[0] in SOAK_COUNTERS:
+            out[name] = float(value)
+    return out
+
+
+# Presence work still going on after the last handshake: joins, their states and diffs.
+SETTLING = ("heartbeat_presence_broadcasts_total",
+            'heartbeat_presence_store_seconds_count{op="members"}',
+            'heartbeat_presence_store_seconds_count{op="join"}')
+
+
+def _settle(port: int, quiet=3.0, limit=240.0) -> float:
+    """Seconds until the server's presence work of the ramp is done: none of SETTLING moved
+    for ``quiet`` seconds (at most ``limit``)."""
+    started = time.time()
+    last = None
+    while time.time() - started < limit:
+        now = {k: v for k, v in _counters(port).items() if k in SETTLING}
+        if now == last:
+            return time.time() - started - quiet
+        last = now
+        time.sleep(quiet)
+    return limit
+
+
+def _memory_profile(server, path, count: int) -> dict | None:
+    """Signal the server for a tracemalloc snapshot; the ``count``-th one written, or None."""
+    server.proc.send_signal(signal.SIGUSR2)
+    deadline = time.time() + 300  # a snapshot of a million traced blocks takes a while
+    while time.time() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return json.loads(lines[count - 1])
+        time.sleep(1)
+    return None
+
+
+def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False, extra=(),
+        tracemalloc=False):
     env = {"HEARTBEAT_INTERVAL": "5", "HEARTBEAT_TIMEOUT": "5", "BENCH_GC_LOG": "1"}
     env.update(item.split("=", 1) for item in extra)
+    traced = work.path / f"cap-{variant}.tracemalloc.jsonl"
+    if tracemalloc:
+        env["BENCH_TRACEMALLOC"] = str(traced)
     if gc_threshold:
         env["BENCH_GC_THRESHOLD"] = gc_threshold
     if variant == "redis":
@@ -76,6 +136,9 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False
             warm.cmd("connect")
             time.sleep(3)
             rec["base_rss_mb"] = server.rss() / 2**20
+            if tracemalloc:
+                server.proc.send_signal(signal.SIGUSR2)  # the base snapshot
+                time.sleep(2)
             rest = n - WARM
             k = max(1, processes or math.ceil(rest / PER_PROCESS))
             share = math.ceil(rest / k)
@@ -101,13 +164,17 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False
             print(variant, "connected", ok, f"in {t1 - t0:.1f} s, refused before hello "
                   f"{rec['refusals'] or 'never'}", flush=True)
             time.sleep(5)
+            rec["settle_s"] = 5 + _settle(server.port)
             rss = server.rss()
             rec["rss_mb"] = rss / 2**20
             rec["kib_per_session"] = (rss - rec["base_rss_mb"] * 2**20) / max(1, ok - WARM) / 1024
+            if tracemalloc:
+                rec["memory_profile"] = _memory_profile(server, traced, 1)
             if soak and variant != "bare":
                 pinger = bl.LoadClient(port=server.port, count=0, path=path, pinger=True,
                                        pinger_path="/ws/bare/", ping_every=0.05)
                 p0 = sum(c.cmd("stats")["probes"] for c in [warm, *clients])
+                counters = _counters(server.port)
                 soak_log = server.log()
                 g0 = len(gc_pauses(soak_log))
                 rec["log_at_soak"] = len(soak_log)
@@ -128,6 +195,9 @@ def one(work, variant, n, soak, processes, inflight, gc_threshold, profile=False
                 stats = [c.cmd("stats") for c in [warm, *clients]]
                 ps = pinger.cmd("stats")
                 rec["log_at_soak_end"] = len(server.log())
+                after = _counters(server.port)
+                rec["soak_counters"] = {k: v - counters.get(k, 0) for k, v in after.items()
+                                        if v != counters.get(k, 0)}
                 soak_gc = gc_pauses(server.log())[g0:]
                 rec["soak_gc_pauses"] = len(soak_gc)
                 rec["soak_gc_max_ms"] = max(soak_gc) if soak_gc else None
@@ -172,7 +242,8 @@ def run(args):
     try:
         for variant in args.variants.split(","):
             recs.append(one(work, variant, args.sessions, args.soak, args.processes,
-                            args.inflight, args.gc_threshold, args.profile, args.env))
+                            args.inflight, args.gc_threshold, args.profile, args.env,
+                            args.tracemalloc))
             if variant == "redis":
                 bl.redis_cleanup()
     finally:
@@ -234,6 +305,7 @@ def render(data, name="capacity"):
         + (f" --inflight {a['inflight']}" if a.get("inflight", 50) != 50 else "")
         + (f" --tag {a['tag']}" if a.get("tag") else "")
         + (" --profile" if a.get("profile") else "")
+        + (" --tracemalloc" if a.get("tracemalloc") else "")
         + "".join(f" --env {x}" for x in a.get("env") or [])
         + f"` (results: `bench/results/{name}.json`).",
         "",
@@ -243,7 +315,11 @@ def render(data, name="capacity"):
         f"{a.get('inflight', 50)} handshakes in flight per process. Full (generation 2) "
         f"garbage collections are timed in the server by a `gc.callbacks` hook of "
         f"`bench/benchproj`. Memory per session is the server's RSS after "
-        f"the ramp and 5 s of settling, less its RSS with {WARM} warm-up connections, over "
+        f"the ramp and its settling (at least 5 s, then until the presence work of the ramp "
+        f"is done: no presence broadcast, member read or join in the server's `/metrics` "
+        f"for 3 s; in runs that show no settling time, 5 s only, so a soak could begin while "
+        f"it went on), "
+        f"less its RSS with {WARM} warm-up connections, over "
         f"the connections opened after those; the bare consumer is measured the same way on "
         f"its own fresh server. The soak runs at `HEARTBEAT_INTERVAL=5`, "
         f"`HEARTBEAT_TIMEOUT=5`; every client answers the server's probes, a probe client "
@@ -254,8 +330,9 @@ def render(data, name="capacity"):
         f"can be judged silent before their disconnects are read).", "",
         f"![Memory per session and responsiveness during the soak](img/bench-{name}.png)", "",
         "| variant | connected | failed | refused before hello (retried) | connect rate | "
-        "CPU per connect | handshake p50 / p99 | RSS | RSS per session | vs bare |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "CPU per connect | handshake p50 / p99 | settled after | RSS | RSS per session | "
+        "vs bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         ratio = r["kib_per_session"] / bare["kib_per_session"] if bare else None
@@ -263,6 +340,7 @@ def render(data, name="capacity"):
             f"| {LABELS[r['variant']]} | {r['connected']:,} | {r['failed']} | "
             f"{_refusals(r)} | {r['connect_rate']:,.0f}/s | {r['cpu_ms_per_connect']:.2f} ms | "
             f"{bl.fmt(r['handshake_p50_ms'])} / {bl.fmt(r['handshake_p99_ms'])} ms | "
+            f"{bl.fmt(r.get('settle_s'), 1) + ' s' if r.get('settle_s') else '–'} | "
             f"{r['rss_mb']:.0f} MB | {r['kib_per_session']:.1f} KiB | "
             f"{bl.fmt(ratio, 2) + '×' if ratio else '–'} |")
     soaked = [r for r in runs if "soak_s" in r]
@@ -282,7 +360,39 @@ def render(data, name="capacity"):
                 f"whole run {r.get('gc_gen2_pauses_over_10ms', '–')} (max "
                 f"{bl.fmt(r.get('gc_gen2_pause_max_ms'))} ms) |")
         lines += spikes(soaked)
+        for r in soaked:
+            if r.get("soak_counters"):
+                lines += ["", f"{LABELS[r['variant']]}: the server's counters over the soak "
+                          "(`/metrics`): " + "; ".join(
+                              f"`{k}` {v:,.0f}" for k, v in sorted(r["soak_counters"].items()))
+                          + "."]
+    lines += memory_profiles(runs)
     return "\n".join(lines)
+
+
+def memory_profiles(runs):
+    """Where the memory of the sessions went: tracemalloc's growth from the warm-up to the
+    end of the ramp, by allocation site and by file."""
+    out = []
+    for r in runs:
+        prof = r.get("memory_profile")
+        if not prof:
+            continue
+        sessions = max(1, r["connected"] - WARM)
+        out += ["", f"{LABELS[r['variant']]}: where the memory of the sessions went "
+                f"(tracemalloc, 10 frames, from the warm-up to the end of the ramp: "
+                f"{prof['growth_mb']:,.0f} MB of Python allocations, "
+                f"{prof['growth_mb'] * 2**20 / sessions / 1024:.1f} KiB a session; RSS "
+                f"{r['kib_per_session']:.1f} KiB a session, with tracing's own cost):", "",
+                "| file | growth | per session | blocks |", "|---|---|---|---|"]
+        for name, size, count in prof["files"][:10]:
+            out.append(f"| `{name}` | {size / 2**20:,.1f} MB | {size / sessions:,.0f} B | "
+                       f"{count:+,} |")
+        out += ["", "| allocation site | growth | per session | blocks |", "|---|---|---|---|"]
+        for site, size, count in prof["lines"][:15]:
+            out.append(f"| `{site}` | {size / 2**20:,.1f} MB | {size / sessions:,.0f} B | "
+                       f"{count:+,} |")
+    return out
 
 
 def spikes(soaked):
@@ -344,6 +454,8 @@ def main():
     parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--profile", action="store_true", help="py-spy over the soak")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="where the sessions' memory goes (slows the server)")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE for the servers (repeatable), e.g. a setting")
     parser.add_argument("--commit", default=bl.head_commit())

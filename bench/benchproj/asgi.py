@@ -5,6 +5,7 @@ BENCH_GC_THRESHOLD="a,b,c" sets gc.set_threshold(a, b, c) at start. With BENCH_G
 every full (generation 2) garbage collection longer than 10 ms is
 logged as "gc gen2 pause <ms> ms", so a benchmark can tell GC stalls from other ones.
 BENCH_STALL_LOG=<file> records where the event loop stalls (stalls.py).
+BENCH_TRACEMALLOC=<file> traces allocations, snapshots on SIGUSR2 (memprof.py).
 """
 
 import gc
@@ -12,7 +13,12 @@ import os
 import sys
 import time
 
-from django.core.asgi import get_asgi_application
+if os.environ.get("BENCH_TRACEMALLOC"):  # before Django: every allocation of the app traced
+    from .memprof import install
+
+    install(os.environ["BENCH_TRACEMALLOC"])
+
+from django.core.asgi import get_asgi_application  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", f"{__package__}.settings")
 django_asgi_app = get_asgi_application()
