@@ -117,7 +117,8 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Channels' in-memory layer with one copy per group send (heartbeat_app/memorylayer.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "heartbeat_app.memorylayer.InMemoryChannelLayer"}}
 
 HEARTBEAT_INTERVAL = _env_seconds("HEARTBEAT_INTERVAL", 25.0)
 HEARTBEAT_TIMEOUT = _env_seconds("HEARTBEAT_TIMEOUT", 10.0)
