@@ -240,12 +240,14 @@ def run(args):
     work = bl.Workdir("capacity")
     recs = []
     try:
-        for variant in args.variants.split(","):
-            recs.append(one(work, variant, args.sessions, args.soak, args.processes,
-                            args.inflight, args.gc_threshold, args.profile, args.env,
-                            args.tracemalloc))
-            if variant == "redis":
-                bl.redis_cleanup()
+        for repeat in range(args.repeats):
+            for variant in args.variants.split(","):
+                rec = one(work, variant, args.sessions, args.soak, args.processes,
+                          args.inflight, args.gc_threshold, args.profile, args.env,
+                          args.tracemalloc)
+                recs.append({**rec, "repeat": repeat})
+                if variant == "redis":
+                    bl.redis_cleanup()
     finally:
         bl.redis_cleanup()
     data = {"machine": facts, "commit": args.commit, "args": vars(args), "runs": recs}
@@ -306,6 +308,7 @@ def render(data, name="capacity"):
         + (f" --tag {a['tag']}" if a.get("tag") else "")
         + (" --profile" if a.get("profile") else "")
         + (" --tracemalloc" if a.get("tracemalloc") else "")
+        + (f" --repeats {a['repeats']}" if a.get("repeats", 1) > 1 else "")
         + "".join(f" --env {x}" for x in a.get("env") or [])
         + f"` (results: `bench/results/{name}.json`).",
         "",
@@ -335,6 +338,8 @@ def render(data, name="capacity"):
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        bare = next((b for b in runs if b["variant"] == "bare"
+                     and b.get("repeat", 0) == r.get("repeat", 0)), bare)
         ratio = r["kib_per_session"] / bare["kib_per_session"] if bare else None
         lines.append(
             f"| {LABELS[r['variant']]} | {r['connected']:,} | {r['failed']} | "
@@ -343,6 +348,7 @@ def render(data, name="capacity"):
             f"{bl.fmt(r.get('settle_s'), 1) + ' s' if r.get('settle_s') else '–'} | "
             f"{r['rss_mb']:.0f} MB | {r['kib_per_session']:.1f} KiB | "
             f"{bl.fmt(ratio, 2) + '×' if ratio else '–'} |")
+    lines += ratios(runs)
     soaked = [r for r in runs if "soak_s" in r]
     if soaked:
         lines += ["", "| variant | soak | server CPU | probes answered | open after | closes "
@@ -368,6 +374,32 @@ def render(data, name="capacity"):
                           + "."]
     lines += memory_profiles(runs)
     return "\n".join(lines)
+
+
+def ratios(runs) -> list[str]:
+    """With several rounds: each variant's memory ratio to the bare consumer of its own
+    round, and its soak's probe p99 and max, as median [min–max]."""
+    rounds = {r.get("repeat", 0) for r in runs}
+    if len(rounds) < 2:
+        return []
+    bare = {r.get("repeat", 0): r for r in runs if r["variant"] == "bare"}
+    out = [""]
+    for variant in dict.fromkeys(r["variant"] for r in runs if r["variant"] != "bare"):
+        mine = [r for r in runs if r["variant"] == variant]
+        parts = []
+        got = [r["kib_per_session"] / bare[r.get("repeat", 0)]["kib_per_session"]
+               for r in mine if r.get("repeat", 0) in bare]
+        if got:
+            parts.append(f"RSS per session ÷ bare {bl.median(got):.2f} "
+                         f"[{min(got):.2f}–{max(got):.2f}]")
+        for key, label in (("ping_p99_ms", "probe p99"), ("ping_max_ms", "max")):
+            got = [r[key] for r in mine if r.get(key) is not None]
+            if got:
+                parts.append(f"{label} {bl.median(got):.1f} [{min(got):.1f}–{max(got):.1f}] ms")
+        zombies = [r["false_zombies"] for r in mine if "false_zombies" in r]
+        parts.append(f"false zombies {sum(zombies)} in all")
+        out.append(f"{LABELS[variant]}, {len(mine)} rounds: " + "; ".join(parts) + ".")
+    return out
 
 
 def memory_profiles(runs):
@@ -454,6 +486,8 @@ def main():
     parser.add_argument("--gc-threshold", default="", help='e.g. "50000,20,100"')
     parser.add_argument("--tag", default="", help="results and doc section of their own")
     parser.add_argument("--profile", action="store_true", help="py-spy over the soak")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every variant, each on a fresh server")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="where the sessions' memory goes (slows the server)")
     parser.add_argument("--env", action="append", default=[],
