@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -76,6 +77,7 @@ class Tracker(Rejoins, Service):
         # since, is dropped when reached, and holds nothing of the session meanwhile.
         self._leaving: dict[str, LocalSession] = {}
         self._refresh_order: deque[tuple[str, float]] = deque()
+        self._refreshed_at = float("-inf")
         # A plain number: a scrape from another thread never walks self.local.
         self.metrics.rooms.set_function(lambda: self.room_count)
 
@@ -299,15 +301,19 @@ class Tracker(Rejoins, Service):
             self.room_count = len({room for local in self.local.values() for room in local.metas})
 
     async def _refresh(self, now: float) -> None:
-        # Every local session is refreshed once a third of the TTL: one call per
-        # tick at most, whatever the number of sessions.
+        # Every local session is refreshed once a third of the TTL, in one call a tick. A
+        # tick takes the sessions due up to its share of them all (a burst of joins is
+        # spread over a period, and stays so), and all late by a period more whatever it.
         every = conf.get("PRESENCE_TTL") / 3
+        elapsed = max(now - self._refreshed_at, conf.tick())
+        share = math.ceil(len(self.local) * min(elapsed, every) / every)
         order, due, local_of = self._refresh_order, [], self.local.get
         while order:
             session_id, stamp = order[0]
             local = local_of(session_id)
             if local is not None and local.refreshed <= stamp:
-                if now - local.refreshed < every:
+                age = now - local.refreshed
+                if age < every or (len(due) >= share and age < 2 * every):
                     break
                 due.append(local)
             order.popleft()
@@ -317,6 +323,7 @@ class Tracker(Rejoins, Service):
         except BaseException:
             order.extendleft((x.state.id, x.refreshed) for x in reversed(due))  # the next tick
             raise
+        self._refreshed_at = now
         for local in due:
             local.refreshed = now
         order.extend((local.state.id, now) for local in due)

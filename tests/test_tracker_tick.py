@@ -79,10 +79,11 @@ async def test_each_refresh_comes_due_in_its_turn_without_a_walk_of_every_sessio
     assert refreshed_in(store) == {s.id for s in early}
     runtime.fake_clock.advance(4.0)
     await active.step()
-    assert refreshed_in(store) == {s.id for s in late}
+    first = refreshed_in(store)  # the share of 4 s of a 10 s period: 160 of the 400
+    assert len(first) == 160 and first < {s.id for s in late}
     runtime.fake_clock.advance(tracker.ROOMS_EVERY - 4.0 - 0.1)
     await active.step()
-    assert refreshed_in(store) == set(), "nothing due: a beat of the instance alone"
+    assert refreshed_in(store) == {s.id for s in late} - first, "the rest at the next tick"
     # Three ticks over 4.9 s: the rooms counted once (at 10 s, ROOMS_EVERY after the
     # last count), and no other pass over every session.
     assert Sessions.walks == 1
@@ -131,3 +132,26 @@ async def test_only_the_sessions_in_their_grace_are_looked_at_for_their_leave(ti
     members = await store.members("lobby")
     assert len(members) == 47
     assert Sessions.walks == 0
+
+
+async def test_a_burst_of_joins_is_refreshed_spread_over_a_period_and_stays_spread(ticking):
+    runtime, store, active, join = ticking
+    states = [await join(n) for n in range(1000)]  # all at once: due at once
+    await active.step()
+    refreshed_in(store)
+    seen: dict[str, list[float]] = {s.id: [] for s in states}
+    per_tick = []
+    for _ in range(30):
+        runtime.fake_clock.advance(1.0)
+        await active.step()
+        done = refreshed_in(store)
+        per_tick.append(len(done))
+        for session in done:
+            seen[session].append(runtime.fake_clock.now)
+    assert max(per_tick) == 100, "a tenth of them a tick (a period is 10 ticks), not all"
+    start = runtime.fake_clock.now - 30
+    for times in seen.values():
+        # First refreshed 10 to 19 s after its join (under the TTL of 30 s), then every 10 s.
+        assert 10 <= times[0] - start < 20
+        assert [b - a for a, b in zip(times, times[1:], strict=False)] == [10.0] * (
+            len(times) - 1)
