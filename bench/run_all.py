@@ -1,4 +1,4 @@
-"""Run every benchmark in turn, as docs/benchmarks.md shows them (about 25 minutes on 2 cores).
+"""Run every benchmark in turn, as docs/benchmarks.md shows them (about an hour on 2 cores).
 
     .venv/bin/python -m bench.run_all [name ...]
 
@@ -24,11 +24,12 @@ RUNS = {  # name -> the bench module and its arguments
                   "--tag", "19k"],
     "rolling": ["rolling", "--clients", "2000"],
     "capacity": ["capacity", "--sessions", "5000"],
-    # 19,000 sessions complete only with the collector tuned (see the doc's gaps).
-    "capacity-gc": ["capacity", "--sessions", "5000", "--variants", "redis",
-                    "--gc-threshold", "50000,20,100", "--tag", "gc"],
-    "capacity-gc19k": ["capacity", "--sessions", "19000", "--variants", "redis",
-                       "--gc-threshold", "50000,20,100", "--tag", "gc19k"],
+    # Issue #12's runs: 5 rounds at 5,000, and 19,000 with a bare consumer beside them.
+    "capacity-5k-rounds": ["capacity", "--sessions", "5000", "--repeats", "5",
+                           "--tag", "5k-rounds"],
+    "capacity-19k-final": ["capacity", "--sessions", "19000", "--soak", "300",
+                           "--variants", "bare,redis", "--tag", "19k-final"],
+    "flood": ["flood"],
     # A room of 10,000: runs of their own, each within 10 minutes (see the doc's section).
     "bigroom": ["bigroom", "--runs", "count:10000", "--profile"],
     "bigroom-typing": ["bigroom", "--runs", "count:10000", "--late", "0", "--typing", "100",
