@@ -13,7 +13,7 @@ import time
 import pytest
 
 from heartbeat_app.runtime import Runtime, get_runtime, install
-from heartbeat_app.scheduler import STALL_TOLERANCE, Scheduler, get_scheduler
+from heartbeat_app.scheduler import SLICES, Scheduler, get_scheduler
 from heartbeat_app.state import SessionState
 
 TICK = 0.5
@@ -383,8 +383,8 @@ async def test_a_loop_stall_is_credited_and_closes_nobody(scheduler, clock):
 
     # The loop freezes for 100 s: the tick planned at 10.5 runs at 110.5.
     await step_at(scheduler, clock, 110.5, planned=10.5)
-    assert scheduler.stalled == pytest.approx(100.0 - STALL_TOLERANCE)
-    assert scheduler.now() == pytest.approx(10.5 + STALL_TOLERANCE)
+    assert scheduler.stalled == pytest.approx(100.0 - scheduler.stall_tolerance())
+    assert scheduler.now() == pytest.approx(10.5 + scheduler.stall_tolerance())
     assert recorder.probes == recorder.zombies == []
     assert silent_rec.probes == silent_rec.zombies == []
 
@@ -401,7 +401,7 @@ async def test_a_loop_stall_is_credited_and_closes_nobody(scheduler, clock):
     # The silent one is judged on the stall-free clock: 25 s and 35 s of its own silence.
     assert silent_rec.probe_times == [125.0]
     assert [(at, pytest.approx(silence)) for at, silence in silent_rec.zombies] == [
-        (135.0, 35.0 + STALL_TOLERANCE)]
+        (135.0, 35.0 + scheduler.stall_tolerance())]
 
 
 async def test_a_late_tick_without_planned_time_is_not_credited(scheduler, clock):
@@ -497,7 +497,7 @@ async def test_a_probe_is_timed_from_when_it_left_not_from_its_judgement(schedul
 async def test_now_is_the_clock_less_the_stalls(scheduler, clock):
     await step_at(scheduler, clock, 40.0, planned=10.0)
     await step_at(scheduler, clock, 47.5, planned=45.0)
-    assert scheduler.stalled == pytest.approx(32.5 - 2 * STALL_TOLERANCE)
+    assert scheduler.stalled == pytest.approx(32.5 - 2 * scheduler.stall_tolerance())
     clock.now = 200.0
     assert scheduler.now() == clock.now - scheduler.stalled
     session, _ = new_session(clock)
@@ -635,10 +635,10 @@ async def test_an_installed_runtime_brings_its_scheduler_and_clock(clock):
 
 
 async def test_the_probes_of_a_tick_go_out_spread_over_it_not_in_one_burst(settings):
-    """The background task steps ten times a tick, so probes leave by their phases."""
+    """The background task steps SLICES times a tick, so probes leave by their phases."""
     settings.HEARTBEAT_TICK = 1.0
     scheduler = Scheduler(Runtime(rng=random.Random(3).random))  # the real clock, autostart
-    assert scheduler.period() == 0.1
+    assert scheduler.period() == 1.0 / SLICES
     sent: list[float] = []
     done = asyncio.Event()
 
@@ -656,5 +656,5 @@ async def test_the_probes_of_a_tick_go_out_spread_over_it_not_in_one_burst(setti
     finally:
         await scheduler.stop()
     bursts = {round(at - sent[0], 1) for at in sent}
-    # One tick of 1 s would send all 100 at once; ten steps a tick send them in many.
+    # One tick of 1 s would send all 100 at once; SLICES steps a tick send them in many.
     assert len(bursts) >= 5, sorted(bursts)
