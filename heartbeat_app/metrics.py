@@ -241,7 +241,7 @@ class Metrics:
         self.pings = r.counter("heartbeat_pings_total", "Client pings answered.")
         self.probes = r.counter("heartbeat_probes_total", "Server probes sent.")
         self.zombies = r.counter("heartbeat_zombies_total", "Sessions closed as zombies.")
-        self.ticks = r.counter("heartbeat_ticks_total", "Scheduler ticks run.")
+        self.ticks = r.counter("heartbeat_ticks_total", "Scheduler steps run (40 a tick).")
         self.rtt = r.histogram("heartbeat_rtt_seconds", "Round trips of answered probes.")
         self.loop_lag = r.histogram("heartbeat_loop_lag_seconds",
                                     "How late the background ticks ran.")
