@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import conf, protocol
 from .admission import Gate, held
+from .daphne_pace import stop_reading
 from .drain import prepare as prepare_drain
 from .layers import survive_outages
 from .limits import TokenBucket
@@ -59,9 +60,9 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         self._heartbeat_channel_receive = survive_outages(receive)
 
     async def __call__(self, scope, receive, send):
-        # A pump of our own reads inbound messages, so pings are answered while a user
-        # handler is busy (Channels dispatches one message at a time).
+        # A pump of our own reads inbound messages: pings answered while a handler is busy.
         inbox: asyncio.Queue = asyncio.Queue()
+        self._heartbeat_task = asyncio.current_task()  # the server's task of this connection
         pump = asyncio.ensure_future(self._heartbeat_pump(receive, inbox))
 
         async def receive_from_inbox():
@@ -103,8 +104,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
                         session.closed or session.close_code is not None
                     ):
                         # Closed or closing on the server's side (a zombie, a 4429, an
-                        # operator): late heartbeats are dropped, never answered on a
-                        # socket that is going away, never handed to the consumer.
+                        # operator): late heartbeats are dropped, never answered.
                         if text is not None and protocol.looks_like_heartbeat(text):
                             continue
                     elif session is not None:
@@ -304,10 +304,12 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
 
     async def _heartbeat_too_many(self, session: SessionState) -> None:
         if session.close_code is None:
-            logger.info("heartbeat session %s sent too many frames: closing 4429", session.id)
             await self._heartbeat_close_with_hint(
                 CloseCode.TOO_MANY_MESSAGES, "too many messages",
                 conf.get("HEARTBEAT_RETRY_AFTER_MS"))
+            unread = stop_reading(getattr(self, "_heartbeat_task", None))  # nor parsed
+            logger.info("heartbeat session %s sent too many frames: closed 4429%s", session.id,
+                        ", the rest of its frames left unread" if unread else "")
 
     async def _heartbeat_close_with_hint(self, code: CloseCode, text: str, retry: int) -> None:
         # The hint goes in a frame of its own first: Daphne drops close reasons.
@@ -338,8 +340,7 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         try:  # past the wrappers that pass a websocket.send unchanged (sendpath.py)
             await frames_out(self)({"type": "websocket.send", "text": protocol.dumps(message)})
         except Exception as exc:
-            # The peer went away between its frame and our answer (Daphne raises
-            # Disconnected): the disconnect event that follows ends the session.
+            # The peer went away (Daphne raises Disconnected): its disconnect ends it.
             logger.debug("heartbeat send on a closing connection failed: %r", exc)
 
     async def _heartbeat_send_probe(self, probe_id: str) -> None:
@@ -350,9 +351,9 @@ class HeartbeatMixin(HeartbeatOptions, PresenceMixin):
         session = self.heartbeat_session
         if session is None or session.closed:
             return
-        unanswered = self._heartbeat_scheduler.now() - (session.probe_sent_at or session.last_heard)
         logger.info("heartbeat session %s silent for %.3f s, its probe unanswered for %.3f s: "
-                    "closing as a zombie (4408)", session.id, silence, unanswered)
+                    "closing as a zombie (4408)", session.id, silence,
+                    self._heartbeat_scheduler.now() - (session.probe_sent_at or session.last_heard))
         if session.close_code is not None:
             # Already closed by the server, and the transport never confirmed it:
             # keep the recorded cause, just finish the teardown.

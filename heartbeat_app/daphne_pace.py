@@ -27,6 +27,7 @@ import logging
 import math
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from typing import Any
@@ -90,7 +91,26 @@ def _create_application(self, protocol, scope):
     future = self.connections.get(protocol, {}).get("application_instance")
     if future is not None:
         future.add_done_callback(lambda _: changed(self).add(protocol))
+        _protocols[future] = protocol
     return queue
+
+
+# Daphne's protocol of each application's task (the task the ASGI application runs in).
+_protocols: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stop_reading(task: asyncio.Future | None) -> bool:
+    """Read no more from the connection of the application running in ``task``; True if
+    stopped. For a flooding client closed with 4429: what it had sent meanwhile is then
+    neither read nor parsed (Daphne's WebSocket protocol would parse every frame of it while
+    the close handshake waits behind them); the close frame still goes out, and the
+    connection is dropped at the close handshake's timeout. Only under Daphne, paced."""
+    protocol = _protocols.get(task) if task is not None else None
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not hasattr(transport, "pauseProducing"):
+        return False
+    transport.pauseProducing()
+    return True
 
 
 def _protocol_disconnected(self, protocol) -> None:

@@ -377,3 +377,65 @@ async def test_ping_flood_gets_4429_and_other_sessions_keep_their_pongs(migrated
     # Pings still queued when the 4429 close goes out are dropped, not answered on a
     # closing socket: nothing in the log.
     assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+PING_TEXT = b'{"type":"ping","id":"f1"}'
+MASKED_PING = bytes([0x81, 0x80 | len(PING_TEXT)]) + b"\0\0\0\0" + PING_TEXT  # mask 0
+
+
+async def test_a_flood_closed_4429_is_left_unread_and_its_connection_dropped(
+        migrated_db, tmp_path):
+    """After its 4429 a flooder's further frames are neither read nor parsed: they stay in
+    its socket (a small send buffer, so the kernel holds little of them), the close frame
+    still reaches it, and the connection is dropped at the close handshake's timeout."""
+    import socket
+
+    env = server_env(migrated_db, HEARTBEAT_RATE_LIMIT="20", HEARTBEAT_INTERVAL="5",
+                     HEARTBEAT_TIMEOUT="5")  # the shipped limit
+    server = ServerProcess(tmp_path, env, name="unread").start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write((f"GET /ws/rooms/unread/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+                      f"{WS_KEY}\r\nSec-WebSocket-Version: 13\r\nOrigin: {server.origin}"
+                      f"\r\n\r\n").encode())
+        async with asyncio.timeout(scaled(10)):
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        seen = bytearray()
+        got_close = asyncio.Event()
+
+        async def read_all():
+            try:
+                while chunk := await reader.read(65536):
+                    seen.extend(chunk)
+                    if b'"close"' in seen and bytes([0x88]) in seen:
+                        got_close.set()
+            except ConnectionError:
+                pass  # dropped with a reset: unread data was still waiting on its side
+
+        reading = asyncio.create_task(read_all())
+        async with asyncio.timeout(scaled(15)):
+            while b'"close"' not in seen:  # over the frame budget: the notice, the close
+                writer.write(MASKED_PING * 50)
+                await asyncio.sleep(0.01)
+        total = 64 * 1024 * 1024
+        writer.write(MASKED_PING * (total // len(MASKED_PING)))
+        written = left = writer.transport.get_write_buffer_size()
+        async with asyncio.timeout(scaled(15)):
+            while not reading.done():  # until the server drops the connection
+                left = min(left, writer.transport.get_write_buffer_size() or left)
+                await asyncio.sleep(0.005)
+        writer.transport.abort()
+    finally:
+        server.stop()
+    log = server.log()
+    assert b'"code":4429' in seen and got_close.is_set(), bytes(seen[-300:])
+    assert "the rest of its frames left unread" in log, log[-3000:]
+    # Of 64 MB written after the notice, only what the kernel's buffers took left the
+    # client while the connection lasted: the server read none of it.
+    drained = written - left
+    assert drained < 16 * 1024 * 1024, f"{drained:,} bytes drained of {written:,}"
+    assert "Traceback" not in log
