@@ -121,8 +121,9 @@ def rows():
         out.append((f"CPU of {s['sessions']:,} idle sessions at a {s['interval']:g} s interval: "
                     "one scheduler / a task per session",
                     f"{s['cpu_pct']:.2f} % / {t['cpu_pct']:.2f} % of a core "
-                    f"({t['cpu_pct'] / s['cpu_pct']:.1f}×)", "cheaper than tasks",
-                    yes(s["cpu_pct"] < t["cpu_pct"])))
+                    f"({t['cpu_pct'] / s['cpu_pct']:.1f}×)",
+                    "≤ 1 % of a core (#12), cheaper than tasks",
+                    yes(s["cpu_pct"] <= 1.0 and s["cpu_pct"] < t["cpu_pct"])))
         trips = [p["round_trips"]["mean"] for p in sc["part2"]]
         out.append(("presence store round trips per tick at " + ", ".join(
             f"{p['sessions']:,}" for p in sc["part2"]) + " sessions",
