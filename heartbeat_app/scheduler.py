@@ -32,7 +32,8 @@ PROBE_BATCH = 64
 # spread over it (by their phases), not in one burst that holds up other traffic: the
 # answers of a step's probes come back together, and a frame of anyone else read behind
 # them waits for them all. At 19,000 sessions (3,800 probes a second) ten steps a tick
-# gave other traffic a p99 of 85-133 ms, forty under 30 ms (docs/benchmarks.md, *19k-final*).
+# gave other traffic a p99 of 85-97 ms, forty 50 ms (docs/benchmarks.md, *19k-soak300*,
+# *19k-soak300-spread*, *19k-final*).
 SLICES = 40
 MIN_SLICE = 0.01
 # Lateness of a step up to this, or up to its period if that is longer, is the timer's
